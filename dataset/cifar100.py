@@ -1,0 +1,126 @@
+"""CIFAR-100 from the standard ``cifar-100-python`` folder, decoded once and kept in memory."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from .base import DataError, ViewDataset
+from .transforms import CIFAR100_MEAN, CIFAR100_STD, draw_crop_flip, random_crop_flip
+
+NUM_CLASSES = 100
+_FILES = ("train", "test", "meta")
+_SIDE = 32
+
+
+def ensure_cifar100(data_folder: str | Path) -> Path:
+    """Return ``data_folder/cifar-100-python``; download it through torchvision if it is absent.
+
+    torchvision's own loader is not used for reading because it insists on the md5 of the
+    extracted files, which a valid re-pickled copy fails; we validate the contents instead.
+    """
+    root = Path(data_folder).expanduser()
+    folder = root / "cifar-100-python"
+    if folder.is_dir():
+        missing = [name for name in _FILES[:2] if not (folder / name).is_file()]
+        if missing:
+            raise DataError(
+                f"{folder} lacks the file(s) {', '.join(missing)}: it must hold train, test and meta "
+                "from the official CIFAR-100 python archive."
+            )
+        return folder
+    try:
+        from torchvision.datasets import CIFAR100
+
+        CIFAR100(str(root), train=True, download=True)
+    except Exception as err:  # network refused, disk full, bad archive: all need the same fix
+        raise DataError(
+            f"CIFAR-100 is not in {folder} and downloading it failed ({type(err).__name__}: {err}). "
+            f"Place the extracted 'cifar-100-python' folder (files train, test, meta) in {root}, "
+            "or point --data_folder at the folder that contains it."
+        ) from err
+    return folder
+
+
+def read_cifar100(data_folder: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 3, 32, 32) and int64 fine labels, checked for shape and range."""
+    path = ensure_cifar100(data_folder) / ("train" if train else "test")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data, labels = entry["data"], entry["fine_labels"]
+    except Exception as err:
+        raise DataError(f"cannot read {path} as a CIFAR-100 pickle ({type(err).__name__}: {err})") from err
+    images = torch.as_tensor(data)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if images.dtype != torch.uint8 or images.ndim != 2 or images.shape[1] != 3 * _SIDE * _SIDE:
+        raise DataError(f"{path}: expected uint8 data of shape (N, 3072), got {images.dtype} {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise DataError(f"{path}: {images.shape[0]} images but {labels.numel()} labels")
+    if images.shape[0] == 0 or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise DataError(f"{path}: labels must lie in [0, {NUM_CLASSES}), found [{labels.min()}, {labels.max()}]")
+    return images.view(-1, 3, _SIDE, _SIDE), labels
+
+
+class CIFAR100Batched(ViewDataset):
+    """CIFAR-100 with the reference's train augmentation (crop 32 pad 4, flip) done per batch.
+
+    Args:
+        data_folder: folder holding ``cifar-100-python``.
+        train: training split (augmented) or test split.
+        view: ``'plain'``, ``'instance'`` or ``'sample'`` (see ``dataset/base.py``).
+        k, mode, percent: contrastive sampling, for ``view='sample'``.
+        limit: keep only the first ``limit`` images (the train order is already shuffled): quick runs.
+
+    The crop and flip of sample i in epoch e depend only on (seed, e, i) (see :meth:`set_epoch`), so
+    augmentation is the same whatever the number of workers or processes, and a resumed run
+    replays it exactly.
+    """
+
+    mean, std = CIFAR100_MEAN, CIFAR100_STD
+    num_classes = NUM_CLASSES
+
+    def __init__(
+        self,
+        data_folder: str | Path = "./data",
+        train: bool = True,
+        view: str = "plain",
+        k: int = 16384,
+        mode: str = "exact",
+        percent: float = 1.0,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(view, k, mode, percent)
+        images, labels = read_cifar100(data_folder, train)
+        if limit is not None:
+            images, labels = images[:limit].clone(), labels[:limit].clone()
+        self.images, self.labels, self.train = images, labels, train
+        self._augment_params: torch.Tensor | None = None
+        self._finish_init()
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Fix the augmentation of every sample for this epoch."""
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        self._augment_params = draw_crop_flip(len(self), padding=4, generator=generator)
+
+    def load_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.images[index]
+        if self.train:
+            params = None if self._augment_params is None else self._augment_params[index]
+            images = random_crop_flip(images, padding=4, params=params)
+        return images, self.labels[index]
+
+
+def CIFAR100Instance(data_folder: str | Path = "./data", train: bool = True, **kwargs) -> CIFAR100Batched:
+    """The reference's ``(img, target, index)`` dataset."""
+    return CIFAR100Batched(data_folder, train, view="instance", **kwargs)
+
+
+def CIFAR100InstanceSample(
+    data_folder: str | Path = "./data", train: bool = True, k: int = 4096, mode: str = "exact",
+    is_sample: bool = True, percent: float = 1.0, **kwargs,
+) -> CIFAR100Batched:
+    """The reference's contrastive dataset: ``(img, target, index, sample_idx)`` when ``is_sample``."""
+    view = "sample" if is_sample else "instance"
+    return CIFAR100Batched(data_folder, train, view=view, k=k, mode=mode, percent=percent, **kwargs)

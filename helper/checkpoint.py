@@ -1,0 +1,100 @@
+"""Checkpoints in the reference format (``{'model': state_dict, 'epoch', 'accuracy', ...}``),
+written atomically, read with errors that say what is wrong."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+# Keys a checkpoint needs for --resume, beyond the reference's 'model' and 'epoch'.
+RESUME_KEYS = ("task", "optimizer", "scheduler", "best_acc", "seed")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or not what the caller needs."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint. Plain tensors and containers load safely (``weights_only``); files of the
+    reference code that pickled an ``argparse.Namespace`` are retried with full unpickling, which
+    runs code from the file, so load only checkpoints you trust."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:
+            raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {err}); the file is truncated or not a "
+            "torch checkpoint"
+        ) from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of this format: expected a dict with a 'model' entry")
+    return state
+
+
+def check_resumable(state: dict[str, Any], path: str | Path) -> None:
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} cannot resume a run: it lacks {', '.join(missing)} (weights-only checkpoints, such "
+            "as the reference code's, can be used as teachers but not resumed)"
+        )
+
+
+def model_name_from_path(path: str | Path, known_names: Iterable[str]) -> str:
+    """The architecture named by a checkpoint's folder, as the reference reads teacher names:
+    ``save/models/resnet32x4_vanilla/ckpt_epoch_240.pth`` -> ``resnet32x4``. The longest known
+    name followed by ``_`` (or the end) wins, so ``wrn_40_2_...`` resolves to ``wrn_40_2``."""
+    folder = Path(path).resolve().parent.name
+    matches = [n for n in known_names if folder == n or folder.startswith(n + "_")]
+    if not matches:
+        raise CheckpointError(
+            f"cannot tell the architecture from the folder name {folder!r} of {path}: the reference layout is "
+            "<model>_<anything>/<file>.pth (e.g. resnet32x4_vanilla/ckpt_epoch_240.pth); pass the name explicitly"
+        )
+    return max(matches, key=len)
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, name: str = "model") -> dict[str, Any]:
+    """Load a checkpoint's ``'model'`` state dict into ``model`` strictly; a mismatch is reported as
+    a checkpoint of another architecture. Returns the whole checkpoint."""
+    state = load_checkpoint(path)
+    weights = state["model"]
+    # Checkpoints saved from a DataParallel/DDP wrapper prefix every key with 'module.'.
+    if weights and all(key.startswith("module.") for key in weights):
+        weights = {key[len("module."):]: value for key, value in weights.items()}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[:3]
+        raise CheckpointError(
+            f"{path} does not hold weights of the {name} architecture it was given "
+            f"({type(model).__name__}): {' '.join(first)}"
+        ) from err
+    return state

@@ -1,0 +1,216 @@
+"""The training driver shared by teachers and students: epochs, evaluation, checkpoints, resume,
+logging and the final JSON line."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from dataset import DataSpec, build_datasets, build_loaders
+from dataset.transforms import Normalize
+
+from .checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
+from .distributed import DistEnv, barrier
+from .logger import RunLogger
+from .loops import NonFiniteLossError, StepOutput, evaluate, train_epoch
+from .util import seed_everything
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (non-finite loss); the message says which checkpoint is the last good one."""
+
+
+class ClassificationTask(nn.Module):
+    """Trains ``model`` alone with cross-entropy: teachers and vanilla students."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, *unused: torch.Tensor) -> StepOutput:
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, targets)
+        return StepOutput(loss, logits, {"cls": loss})
+
+
+@dataclass
+class Schedule:
+    """SGD with a step learning-rate schedule, as in the reference."""
+
+    epochs: int
+    learning_rate: float
+    lr_decay_epochs: list[int]
+    lr_decay_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of (run, epoch, process): an epoch's randomness does not depend on earlier epochs, so a
+    resumed run replays it exactly."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % 2**63
+
+
+def new_seed() -> int:
+    return random.SystemRandom().randrange(2**31)
+
+
+def prepare_run_dir(save_folder: str | Path, run_name: str, resume: str | None) -> Path:
+    """The run folder: the resumed checkpoint's folder, or ``save_folder/run_name``, which must not
+    already hold checkpoints (nothing is overwritten by accident)."""
+    if resume:
+        return Path(resume).resolve().parent
+    run_dir = Path(save_folder) / run_name
+    existing = sorted(run_dir.glob("*.pth")) if run_dir.is_dir() else []
+    if existing:
+        raise CheckpointError(
+            f"{run_dir} already holds checkpoints ({existing[0].name}, ...): continue it with "
+            f"--resume {existing[0]}, or choose another --trial or --save_folder"
+        )
+    return run_dir
+
+
+@dataclass
+class RunSetup:
+    """Everything an entry point prepares before building its task."""
+
+    env: DistEnv
+    seed: int
+    run_dir: Path
+    resume_state: dict[str, Any] | None
+    train_loader: Any
+    test_loader: Any
+    spec: DataSpec
+
+
+def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **view_args: Any) -> RunSetup:
+    """Seed, run folder, resume state and loaders from the shared flags (``helper/options.py``).
+    A resumed run keeps its recorded seed, so its data order and augmentation replay exactly."""
+    resume_state = None
+    if opt.resume:
+        resume_state = load_checkpoint(opt.resume)
+        check_resumable(resume_state, opt.resume)
+    seed = resume_state["seed"] if resume_state else (opt.seed if opt.seed is not None else new_seed())
+    run_dir = prepare_run_dir(opt.save_folder, run_name, opt.resume)
+    train_set, test_set = build_datasets(
+        opt.dataset, opt.data_folder, view=view, train_limit=opt.train_subset, test_limit=opt.test_subset, **view_args
+    )
+    train_loader, test_loader, spec = build_loaders(
+        train_set, test_set, opt.batch_size, opt.num_workers, seed=seed, rank=env.rank,
+        world_size=env.world_size, pin_memory=env.device.type == "cuda",
+    )
+    return RunSetup(env, seed, run_dir, resume_state, train_loader, test_loader, spec)
+
+
+def fit(
+    task: nn.Module,
+    model_name: str,
+    schedule: Schedule,
+    env: DistEnv,
+    train_loader: Any,
+    test_loader: Any,
+    normalize: Normalize,
+    run_dir: str | Path,
+    seed: int,
+    options: dict[str, Any],
+    resume_state: dict[str, Any] | None = None,
+    save_freq: int = 40,
+    print_freq: int = 100,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``task`` (a module whose ``forward(images, targets, *extras)`` returns a
+    :class:`StepOutput` and whose ``eval_model`` is evaluated) and return the final metrics.
+
+    Every epoch writes ``<model>_last.pth`` (everything needed to resume), ``<model>_best.pth``
+    when test accuracy improves and ``ckpt_epoch_<E>.pth`` every ``save_freq`` epochs, all in the
+    reference format (``{'model': state_dict, 'epoch', 'accuracy', ...}``) and atomically.
+    """
+    run_dir = Path(run_dir)
+    device = env.device
+    if log is None:
+        log = print if env.is_main else (lambda *_: None)
+    task.to(device)
+    normalize.to(device)
+    params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=schedule.learning_rate, momentum=schedule.momentum,
+                                weight_decay=schedule.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, schedule.lr_decay_epochs, schedule.lr_decay_rate)
+
+    start_epoch, best_acc, last_acc = 1, 0.0, float("nan")
+    if resume_state is not None:
+        task.load_state_dict(resume_state["task"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        start_epoch, best_acc = resume_state["epoch"] + 1, resume_state["best_acc"]
+        last_acc = resume_state.get("accuracy", float("nan"))
+        log(f"resuming after epoch {resume_state['epoch']} (best {best_acc:.2f}, seed {seed})")
+
+    step_fn: Callable[..., StepOutput] = task
+    if env.distributed:
+        step_fn = DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None)
+
+    logger = RunLogger(run_dir, enabled=env.is_main, resume_epoch=start_epoch - 1)
+    eval_model = task.eval_model
+
+    def checkpoint(epoch: int, accuracy: float) -> dict[str, Any]:
+        return {
+            "model": eval_model.state_dict(), "epoch": epoch, "accuracy": accuracy, "best_acc": best_acc,
+            "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "seed": seed, "model_name": model_name, "opt": options,
+        }
+
+    try:
+        for epoch in range(start_epoch, schedule.epochs + 1):
+            seed_everything(epoch_seed(seed, epoch, env.rank))
+            train_loader.sampler.set_epoch(epoch)
+            train_loader.dataset.set_epoch(epoch, seed)
+            lr = optimizer.param_groups[0]["lr"]
+            try:
+                train = train_epoch(step_fn, train_loader, optimizer, normalize, device, epoch, print_freq, log)
+            except NonFiniteLossError as err:
+                last_good = run_dir / f"{model_name}_last.pth"
+                kept = f"the last good checkpoint is {last_good}" if last_good.exists() else "no checkpoint was written yet"
+                raise TrainingStopped(f"{err}; training stopped, {kept}") from err
+            scheduler.step()
+            test = evaluate(eval_model, test_loader, normalize, device)
+            last_acc = test["acc"]
+            improved = last_acc > best_acc
+            best_acc = max(best_acc, last_acc)
+            if env.is_main:
+                state = checkpoint(epoch, last_acc)
+                if improved:
+                    save_checkpoint(state, run_dir / f"{model_name}_best.pth")
+                if epoch % save_freq == 0 or epoch == schedule.epochs:
+                    save_checkpoint(state, run_dir / f"ckpt_epoch_{epoch}.pth")
+                # Written last: whenever it exists, the files it refers to are complete.
+                save_checkpoint(state, run_dir / f"{model_name}_last.pth")
+                row = {"epoch": epoch, "lr": lr}
+                row.update({f"train_{k}": v for k, v in train.items() if k not in ("seconds", "images_per_sec")})
+                row.update({"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
+                            "images_per_sec": train["images_per_sec"], "seconds": train["seconds"]})
+                logger.log_epoch(row)
+            log(
+                f"epoch {epoch}/{schedule.epochs}  lr {lr:.4g}  train loss {train['loss']:.4f} acc {train['acc']:.2f}  "
+                f"test acc@1 {test['acc']:.2f} acc@5 {test['acc_top5']:.2f}  best {best_acc:.2f}  "
+                f"{train['images_per_sec']:.0f} img/s  {train['seconds']:.1f}s"
+            )
+            barrier()
+    finally:
+        logger.close()
+    result = {"best_acc": best_acc, "last_acc": last_acc, "epochs": schedule.epochs, "run_dir": str(run_dir)}
+    if env.is_main:
+        sys.stdout.flush()
+        print(json.dumps(result), flush=True)
+    return result

@@ -1,0 +1,62 @@
+"""Small utilities with the reference's names (``AverageMeter``, ``accuracy``) and flag parsing."""
+from __future__ import annotations
+
+import argparse
+import random
+
+import numpy as np
+import torch
+
+
+class AverageMeter:
+    """Running average of a scalar (reference API: ``update(val, n)``, ``.avg``)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.val = self.avg = self.sum = 0.0
+        self.count = 0
+
+    def update(self, val: float, n: int = 1) -> None:
+        self.val = float(val)
+        self.sum += float(val) * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+def correct_topk(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1,)) -> list[torch.Tensor]:
+    """Number of samples whose target is among the top-k predictions, per k, as 0-d tensors on the
+    output's device (no host synchronisation)."""
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, dim=1).indices
+    hits = pred.eq(target.view(-1, 1))
+    return [hits[:, : min(k, maxk)].any(dim=1).sum() for k in topk]
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1,)) -> list[torch.Tensor]:
+    """Top-k accuracy in percent (the reference's helper)."""
+    return [c.float() * (100.0 / target.numel()) for c in correct_topk(output, target, topk)]
+
+
+def parse_decay_epochs(text: str) -> list[int]:
+    """``'150,180,210'`` -> ``[150, 180, 210]``, for ``--lr_decay_epochs``."""
+    try:
+        epochs = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--lr_decay_epochs must be comma-separated whole numbers such as 150,180,210, got {text!r}"
+        ) from None
+    if not epochs or any(e <= 0 for e in epochs) or epochs != sorted(epochs):
+        raise argparse.ArgumentTypeError(
+            f"--lr_decay_epochs must list increasing positive epochs such as 150,180,210, got {text!r}"
+        )
+    return epochs
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices). DataLoader workers derive their seeds from
+    torch's generator, so they follow."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

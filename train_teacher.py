@@ -1,0 +1,74 @@
+"""Train a teacher (or a vanilla student) with cross-entropy.
+
+    python train_teacher.py --model resnet32x4 --data_folder ./data
+    torchrun --nproc_per_node 4 train_teacher.py --model resnet32x4
+
+Runs are saved in ``<save_folder>/<model>_vanilla[_trial_<t>]/`` so that
+``train_student.py --path_t`` reads the teacher's architecture from the folder name.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import torch.nn as nn
+
+from dataset import DataError
+from dataset.transforms import Normalize
+from helper.checkpoint import CheckpointError
+from helper.distributed import cleanup, init_distributed
+from helper.options import add_training_args, default_learning_rate
+from helper.trainer import ClassificationTask, Schedule, TrainingStopped, fit, prepare_run
+from models import model_dict
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train a model on CIFAR-100 or ImageNet with cross-entropy.")
+    parser.add_argument("--model", default="resnet110", help=f"architecture: {', '.join(model_dict)}")
+    parser.add_argument("-t", "--trial", default="0", help="the experiment id (part of the run folder name)")
+    add_training_args(parser)
+    parser.set_defaults(save_folder="./save/models")
+    return parser
+
+
+def run_name(model: str, trial: str) -> str:
+    return f"{model}_vanilla" if str(trial) == "0" else f"{model}_vanilla_trial_{trial}"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = build_parser()
+    opt = parser.parse_args(argv)
+    if opt.model not in model_dict:
+        parser.error(f"unknown --model {opt.model!r}; choose one of: {', '.join(model_dict)}")
+    if opt.learning_rate is None:
+        opt.learning_rate = default_learning_rate(opt.model)
+    env = init_distributed(opt.device)
+    try:
+        setup = prepare_run(opt, env, run_name(opt.model, opt.trial))
+        if setup.resume_state is not None and setup.resume_state.get("model_name") != opt.model:
+            raise CheckpointError(
+                f"--resume {opt.resume} is a run of {setup.resume_state.get('model_name')!r}, not --model {opt.model}"
+            )
+    except (DataError, CheckpointError, ValueError) as err:
+        parser.error(str(err))
+    model: nn.Module = model_dict[opt.model](num_classes=setup.spec.num_classes)
+    if opt.sync_bn and env.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    schedule = Schedule(opt.epochs, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate, opt.momentum,
+                        opt.weight_decay)
+    try:
+        return fit(
+            ClassificationTask(model), opt.model, schedule, env, setup.train_loader, setup.test_loader,
+            Normalize(setup.spec.mean, setup.spec.std), setup.run_dir, setup.seed, vars(opt),
+            resume_state=setup.resume_state, save_freq=opt.save_freq, print_freq=opt.print_freq,
+        )
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()
