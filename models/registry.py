@@ -29,6 +29,10 @@ def register_model(factory: F) -> F:
     return factory
 
 
-def create_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
-    """Build architecture ``name``; a ``KeyError`` names the architectures that exist."""
-    return model_dict[name](num_classes=num_classes, **kwargs)
+def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build architecture ``name`` (its own default class count unless ``num_classes`` is given:
+    100 for the CIFAR models, 1000 for the ImageNet ones); a ``KeyError`` names the architectures
+    that exist."""
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return model_dict[name](**kwargs)
