@@ -1,0 +1,1 @@
+"""Contrastive distillation (CRD, WCoRD, RRD): see the README for status."""
