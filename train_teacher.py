@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"unknown --model {opt.model!r}; choose one of: {', '.join(model_dict)}")
     if opt.learning_rate is None:
         opt.learning_rate = default_learning_rate(opt.model)
-    env = init_distributed(opt.device)
     try:
+        env = init_distributed(opt.device)
         setup = prepare_run(opt, env, run_name(opt.model, opt.trial))
         if setup.resume_state is not None and setup.resume_state.get("model_name") != opt.model:
             raise CheckpointError(

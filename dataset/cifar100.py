@@ -58,7 +58,9 @@ def read_cifar100(data_folder: str | Path, train: bool) -> tuple[torch.Tensor, t
         raise DataError(f"{path}: expected uint8 data of shape (N, 3072), got {images.dtype} {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
         raise DataError(f"{path}: {images.shape[0]} images but {labels.numel()} labels")
-    if images.shape[0] == 0 or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+    if images.shape[0] == 0:
+        raise DataError(f"{path} holds no images")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise DataError(f"{path}: labels must lie in [0, {NUM_CLASSES}), found [{labels.min()}, {labels.max()}]")
     return images.view(-1, 3, _SIDE, _SIDE), labels
 

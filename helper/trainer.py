@@ -103,6 +103,8 @@ def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **vi
         resume_state = load_checkpoint(opt.resume)
         check_resumable(resume_state, opt.resume)
     seed = resume_state["seed"] if resume_state else (opt.seed if opt.seed is not None else new_seed())
+    # Models are built after this, so their initial weights follow the seed too.
+    seed_everything(seed)
     run_dir = prepare_run_dir(opt.save_folder, run_name, opt.resume)
     train_set, test_set = build_datasets(
         opt.dataset, opt.data_folder, view=view, train_limit=opt.train_subset, test_limit=opt.test_subset, **view_args

@@ -35,8 +35,9 @@ def correct_topk(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ..
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1,)) -> list[torch.Tensor]:
-    """Top-k accuracy in percent (the reference's helper)."""
-    return [c.float() * (100.0 / target.numel()) for c in correct_topk(output, target, topk)]
+    """Top-k accuracy in percent, each a shape-(1,) tensor as the reference returns it (so its
+    ``meter.update(acc1[0], n)`` idiom keeps working)."""
+    return [c.float().mul(100.0 / target.numel()).view(1) for c in correct_topk(output, target, topk)]
 
 
 def parse_decay_epochs(text: str) -> list[int]:
