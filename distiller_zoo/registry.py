@@ -1,0 +1,250 @@
+"""The method table: for every ``--distill`` choice, which features it reads, which modules it
+builds from their shapes, whether it has an init stage, and its paper weights.
+
+``train_student.py`` and the loop read only this table; adding a method means writing its loss
+module and adding one row here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .AB import ABLoss, Connector
+from .AT import Attention
+from .CC import Correlation, LinearEmbed
+from .FitNet import ConvReg, HintLoss
+from .FSP import FSP
+from .FT import FactorTransfer, Paraphraser, Translator
+from .NST import NSTLoss
+from .PKT import PKT
+from .RKD import RKDLoss
+from .SP import Similarity
+from .VID import VIDLoss
+
+Features = Sequence[torch.Tensor]
+Selector = Callable[[Features], Any]
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method's modules are built from: feature shapes of a probe batch (with the batch
+    dimension, as the reference passes them), the flags and the training-set size."""
+
+    s_shapes: list[torch.Size]
+    t_shapes: list[torch.Size]
+    opt: Any
+    n_data: int
+
+
+class FeatureTerm(nn.Module):
+    """``L_method`` computed as ``criterion(adapt_s(select(feat_s)), adapt_t(select(feat_t)))``;
+    list-valued criteria (one loss per layer) are summed, as the reference does.
+
+    ``adapt_s`` is trained with the student; ``adapt_t`` sees only teacher features.
+    """
+
+    def __init__(
+        self, select: Selector, criterion: nn.Module, adapt_s: nn.Module | None = None,
+        adapt_t: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.select = select
+        self.criterion = criterion
+        self.adapt_s = adapt_s
+        self.adapt_t = adapt_t
+
+    def forward(self, feat_s: Features, feat_t: Features, *extras: torch.Tensor) -> torch.Tensor:
+        g_s, g_t = self.select(feat_s), self.select(feat_t)
+        if self.adapt_s is not None:
+            g_s = self.adapt_s(g_s)
+        if self.adapt_t is not None:
+            g_t = self.adapt_t(g_t)
+        loss = self.criterion(g_s, g_t)
+        return sum(loss) if isinstance(loss, (list, tuple)) else loss
+
+
+class PairwiseLosses(nn.ModuleList):
+    """One loss module per feature pair (VID builds a regressor per layer); returns the list."""
+
+    def forward(self, g_s: Features, g_t: Features) -> list[torch.Tensor]:
+        return [loss(s, t) for loss, s, t in zip(self, g_s, g_t)]
+
+
+class ParaphraserFactor(nn.Module):
+    """The teacher side of FT: the frozen paraphraser's factor of the teacher map."""
+
+    def __init__(self, paraphraser: Paraphraser) -> None:
+        super().__init__()
+        self.paraphraser = paraphraser
+
+    def forward(self, f_t: torch.Tensor) -> torch.Tensor:
+        return self.paraphraser(f_t, is_factor=True)
+
+
+@dataclass(frozen=True)
+class InitStage:
+    """A stage of ``--init_epochs`` epochs run before distillation (the reference's ``init``):
+    ``modules(student, term)`` are trained on ``loss(term, feat_s, feat_t)``; ``finish(term)``
+    runs afterwards (e.g. freezing FT's paraphraser)."""
+
+    modules: Callable[[nn.Module, nn.Module], list[nn.Module]]
+    loss: Callable[[nn.Module, Features, Features], torch.Tensor]
+    finish: Callable[[nn.Module], None] | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table.
+
+    ``build`` returns the ``L_method`` module (``None`` when the main stage has no such term);
+    ``weights`` are the paper's ``(-r gamma, -a alpha, -b beta)``, used when the flags are omitted;
+    ``preact`` asks both networks for pre-activation features; ``view`` is the training-set view
+    the method needs (``plain``, ``instance`` or ``sample``); ``main_stage_term=False`` means the
+    term only drives the init stage (AB and FSP: afterwards the student learns from CE and KD).
+    """
+
+    name: str
+    paper: str
+    build: Callable[[BuildContext], nn.Module | None]
+    weights: tuple[float, float, float]
+    preact: bool = False
+    view: str = "plain"
+    init: InitStage | None = None
+    main_stage_term: bool = True
+
+
+def _stages(feats: Features) -> list[torch.Tensor]:
+    return list(feats[1:-1])
+
+
+def _maps(feats: Features) -> list[torch.Tensor]:
+    return list(feats[:-1])
+
+
+def _last_map(feats: Features) -> torch.Tensor:
+    return feats[-2]
+
+
+def _last_map_list(feats: Features) -> list[torch.Tensor]:
+    return [feats[-2]]
+
+
+def _pooled(feats: Features) -> torch.Tensor:
+    return feats[-1]
+
+
+class _Layer:
+    """Selects ``feats[index]`` (a picklable callable, unlike a lambda)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, feats: Features) -> torch.Tensor:
+        return feats[self.index]
+
+
+def _build_hint(ctx: BuildContext) -> nn.Module:
+    layer = ctx.opt.hint_layer
+    if not -len(ctx.s_shapes) < layer < len(ctx.s_shapes) - 1:
+        raise ValueError(
+            f"--hint_layer {layer} is out of range: the student has {len(ctx.s_shapes)} features "
+            f"(0..{len(ctx.s_shapes) - 1}, the last being the pooled vector); choose 0..{len(ctx.s_shapes) - 2}"
+        )
+    return FeatureTerm(_Layer(layer), HintLoss(), adapt_s=ConvReg(ctx.s_shapes[layer], ctx.t_shapes[layer]))
+
+
+def _build_correlation(ctx: BuildContext) -> nn.Module:
+    dim = ctx.opt.feat_dim
+    return FeatureTerm(_pooled, Correlation(), adapt_s=LinearEmbed(ctx.s_shapes[-1][1], dim),
+                       adapt_t=LinearEmbed(ctx.t_shapes[-1][1], dim))
+
+
+def _build_vid(ctx: BuildContext) -> nn.Module:
+    pairs = zip(ctx.s_shapes[1:-1], ctx.t_shapes[1:-1])
+    return FeatureTerm(_stages, PairwiseLosses(VIDLoss(s[1], t[1], t[1]) for s, t in pairs))
+
+
+def _build_abound(ctx: BuildContext) -> nn.Module:
+    stages_s, stages_t = ctx.s_shapes[1:-1], ctx.t_shapes[1:-1]
+    return FeatureTerm(_stages, ABLoss(len(stages_s)), adapt_s=Connector(stages_s, stages_t))
+
+
+def _build_factor(ctx: BuildContext) -> nn.Module:
+    paraphraser = Paraphraser(ctx.t_shapes[-2])
+    term = FeatureTerm(_last_map, FactorTransfer(), adapt_s=Translator(ctx.s_shapes[-2], ctx.t_shapes[-2]),
+                       adapt_t=ParaphraserFactor(paraphraser))
+    return term
+
+
+def _build_fsp(ctx: BuildContext) -> nn.Module:
+    s_channels = [s[1] for s in ctx.s_shapes[:-1]]
+    t_channels = [t[1] for t in ctx.t_shapes[:-1]]
+    if s_channels != t_channels:
+        raise ValueError(
+            f"FSP needs student and teacher maps with identical channel lists; the student has {s_channels}, "
+            f"the teacher {t_channels} (the reference marks such pairs N/A)"
+        )
+    return FeatureTerm(_maps, FSP(ctx.s_shapes[:-1], ctx.t_shapes[:-1]))
+
+
+def _sum(losses: Any) -> torch.Tensor:
+    return sum(losses) if isinstance(losses, (list, tuple)) else losses
+
+
+def _ab_init_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
+    return _sum(term.criterion(term.adapt_s(_stages(feat_s)), _stages(feat_t)))
+
+
+def _fsp_init_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
+    return _sum(term.criterion(_maps(feat_s), _maps(feat_t)))
+
+
+def _factor_init_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
+    target = feat_t[-2]
+    _, reconstruction = term.adapt_t.paraphraser(target)
+    return nn.functional.mse_loss(reconstruction, target)
+
+
+def _freeze_paraphraser(term: nn.Module) -> None:
+    term.adapt_t.paraphraser.freeze()
+
+
+def _simple(select: Selector, criterion: type[nn.Module], **kwargs: Any) -> Callable[[BuildContext], nn.Module]:
+    def build(ctx: BuildContext) -> nn.Module:
+        return FeatureTerm(select, criterion(**kwargs))
+    return build
+
+
+def _none(ctx: BuildContext) -> None:
+    return None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("kd", "Hinton et al. 2015, Distilling the Knowledge in a Neural Network", _none, (0.1, 0.9, 0.0)),
+    Method("hint", "Romero et al. 2015, FitNets", _build_hint, (1.0, 0.0, 100.0)),
+    Method("attention", "Zagoruyko & Komodakis 2017, Attention Transfer", _simple(_stages, Attention),
+           (1.0, 0.0, 1000.0)),
+    Method("similarity", "Tung & Mori 2019, Similarity-Preserving KD", _simple(_last_map_list, Similarity),
+           (1.0, 0.0, 3000.0)),
+    Method("correlation", "Peng et al. 2019, Correlation Congruence", _build_correlation, (1.0, 0.0, 0.02)),
+    Method("vid", "Ahn et al. 2019, Variational Information Distillation", _build_vid, (1.0, 0.0, 1.0)),
+    Method("rkd", "Park et al. 2019, Relational KD", _simple(_pooled, RKDLoss), (1.0, 0.0, 1.0)),
+    Method("pkt", "Passalis & Tefas 2018, Probabilistic Knowledge Transfer", _simple(_pooled, PKT),
+           (1.0, 0.0, 30000.0)),
+    Method("abound", "Heo et al. 2019, Activation Boundaries", _build_abound, (1.0, 0.0, 1.0), preact=True,
+           init=InitStage(lambda student, term: [student.get_feat_modules(), term.adapt_s], _ab_init_loss),
+           main_stage_term=False),
+    Method("factor", "Kim et al. 2018, Paraphrasing Complex Network (Factor Transfer)", _build_factor,
+           (1.0, 0.0, 200.0),
+           init=InitStage(lambda student, term: [term.adapt_t.paraphraser], _factor_init_loss, _freeze_paraphraser)),
+    Method("fsp", "Yim et al. 2017, A Gift from Knowledge Distillation (FSP)", _build_fsp, (1.0, 0.0, 50.0),
+           init=InitStage(lambda student, term: [student.get_feat_modules()], _fsp_init_loss),
+           main_stage_term=False),
+    Method("nst", "Huang & Wang 2017, Neuron Selectivity Transfer", _simple(_stages, NSTLoss), (1.0, 0.0, 50.0)),
+]}
+
+# Built by the contrastive-methods work in crd/; named here so --distill can say so.
+PENDING_METHODS = {"crd": "CRD", "rrd": "RRD", "wcord": "WCoRD"}

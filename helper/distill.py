@@ -1,0 +1,155 @@
+"""Distillation as a training task for ``helper.trainer.fit``: the student, the method's term
+(from ``distiller_zoo.registry``) and a frozen teacher, plus the reference's init stage."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from distiller_zoo.KD import DistillKL
+from distiller_zoo.registry import BuildContext, Method
+
+from .loops import StepOutput, train_epoch
+from .trainer import epoch_seed
+from .util import seed_everything
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: the teacher is never trained nor put in train mode."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def probe_shapes(model: nn.Module, sample: torch.Tensor, preact: bool) -> list[torch.Size]:
+    """Feature shapes of ``model`` on ``sample`` (batch of 2, as the reference probes), without
+    touching its batch-norm statistics."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        feats, _ = model(sample, is_feat=True, preact=preact)
+    model.train(was_training)
+    return [f.shape for f in feats]
+
+
+class _TeacherHolder:
+    """Keeps the teacher out of the task's submodules: it is not saved in checkpoints, not given
+    to the optimizer and not wrapped by DistributedDataParallel."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.module = teacher
+
+
+class DistillTask(nn.Module):
+    """``loss = gamma * CE(student) + alpha * KD_T(student, teacher) + beta * L_method``.
+
+    Logged terms: ``cls``, ``div`` and, when the method has a main-stage term, ``kd`` (the
+    reference's names).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, method: Method, term: nn.Module | None,
+                 gamma: float, alpha: float, beta: float, kd_T: float) -> None:
+        super().__init__()
+        self.student = student
+        self.term = term
+        self.criterion_div = DistillKL(kd_T)
+        self._teacher = _TeacherHolder(freeze_teacher(teacher))
+        self.preact = method.preact
+        self.use_term = term is not None and method.main_stage_term
+        if term is not None and not method.main_stage_term:
+            term.requires_grad_(False)  # used by the init stage only
+        self.gamma, self.alpha, self.beta = gamma, alpha, beta
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher.module
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.student
+
+    def teacher_outputs(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        with torch.no_grad():
+            return self.teacher(images, is_feat=True, preact=self.preact)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
+        feat_s, logit_s = self.student(images, is_feat=True, preact=self.preact)
+        feat_t, logit_t = self.teacher_outputs(images)
+        loss_cls = F.cross_entropy(logit_s, targets)
+        loss_div = self.criterion_div(logit_s, logit_t)
+        terms = {"cls": loss_cls, "div": loss_div}
+        loss = self.gamma * loss_cls + self.alpha * loss_div
+        if self.use_term:
+            loss_kd = self.term(feat_s, feat_t, *extras)
+            terms["kd"] = loss_kd
+            loss = loss + self.beta * loss_kd
+        return StepOutput(loss, logit_s, terms)
+
+
+class InitTask(nn.Module):
+    """The init stage's step: ``method.init.loss`` on both networks' features."""
+
+    def __init__(self, task: DistillTask, method: Method) -> None:
+        super().__init__()
+        self.task = task
+        self.init = method.init
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
+        feat_s, logit_s = self.task.student(images, is_feat=True, preact=self.task.preact)
+        feat_t, _ = self.task.teacher_outputs(images)
+        loss = self.init.loss(self.task.term, feat_s, feat_t)
+        return StepOutput(loss, logit_s, {"init": loss})
+
+
+# Init-stage epochs draw their randomness as epochs INIT_EPOCH_OFFSET + e, apart from the main stage's.
+INIT_EPOCH_OFFSET = 1_000_000
+
+
+def _unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn.Module, opt: Any,
+                   env: Any, seed: int, log: Any = print) -> None:
+    """Train ``method.init.modules`` for ``opt.init_epochs`` epochs (SGD with the main stage's lr,
+    momentum and weight decay, as the reference does), then run ``method.init.finish``."""
+    init = method.init
+    modules = init.modules(task.student, task.term)
+    was_frozen = {id(p): p.requires_grad for p in task.parameters()}
+    for m in modules:
+        m.requires_grad_(True)
+        m.train()
+    optimizer = torch.optim.SGD(_unique_parameters(modules), lr=opt.learning_rate, momentum=opt.momentum,
+                                weight_decay=opt.weight_decay)
+    step: nn.Module = InitTask(task, method).to(env.device)
+    if env.distributed:
+        # The classifier and any head outside the init loss get no gradient here.
+        step = nn.parallel.DistributedDataParallel(
+            step, device_ids=[env.device.index] if env.device.type == "cuda" else None, find_unused_parameters=True)
+    for epoch in range(1, opt.init_epochs + 1):
+        data_epoch = INIT_EPOCH_OFFSET + epoch
+        seed_everything(epoch_seed(seed, data_epoch, env.rank))
+        loader.sampler.set_epoch(data_epoch)
+        loader.dataset.set_epoch(data_epoch, seed)
+        stats = train_epoch(step, loader, optimizer, normalize, env.device, epoch, opt.print_freq,
+                            lambda line: log("init " + line))
+        log(f"init epoch {epoch}/{opt.init_epochs}  loss {stats['loss']:.4f}  {stats['seconds']:.1f}s")
+    for p in task.parameters():
+        p.requires_grad_(was_frozen[id(p)])
+    if init.finish is not None:
+        init.finish(task.term)
+
+
+def build_term(method: Method, student: nn.Module, teacher: nn.Module, sample: torch.Tensor, opt: Any,
+               n_data: int) -> nn.Module | None:
+    """The method's ``L_method`` module, built from the feature shapes of both networks."""
+    ctx = BuildContext(probe_shapes(student, sample, method.preact), probe_shapes(teacher, sample, method.preact),
+                       opt, n_data)
+    return method.build(ctx)

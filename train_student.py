@@ -1,0 +1,125 @@
+"""Distil a teacher into a student with any method of the published tables.
+
+    python train_student.py --path_t save/models/resnet32x4_vanilla/ckpt_epoch_240.pth \
+        --model_s resnet8x4 --distill kd -r 0.1 -a 0.9 -b 0 --trial 1
+
+``-r/-a/-b`` default to the method's paper weights (``distiller_zoo/registry.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from dataset import DataError
+from dataset.transforms import Normalize
+from distiller_zoo.registry import METHODS, PENDING_METHODS
+from helper.checkpoint import CheckpointError, load_model_weights, model_name_from_path
+from helper.distill import DistillTask, build_term, run_init_stage
+from helper.distributed import cleanup, init_distributed
+from helper.loops import evaluate
+from helper.options import add_training_args, default_learning_rate
+from helper.trainer import Schedule, TrainingStopped, fit, prepare_run
+from models import model_dict
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Distil a teacher into a student.")
+    g = parser.add_argument_group("distillation (reference flags)")
+    g.add_argument("--path_t", required=True, help="teacher checkpoint ({'model': state_dict, ...})")
+    g.add_argument("--model_s", default="resnet8", help=f"student architecture: {', '.join(model_dict)}")
+    g.add_argument("--distill", default="kd", choices=[*METHODS, *PENDING_METHODS])
+    g.add_argument("-t", "--trial", default="1", help="the experiment id")
+    g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy (default: paper)")
+    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of the KD term (default: paper)")
+    g.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's term (default: paper)")
+    g.add_argument("--kd_T", type=float, default=4, help="temperature of the KD term")
+    g.add_argument("--init_epochs", type=int, default=30, help="init-stage epochs of abound, factor and fsp")
+    g.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4], help="feature used by FitNet")
+    g.add_argument("--feat_dim", type=int, default=128, help="embedding size of CC (and the contrastive methods)")
+    g.add_argument("--mode", default="exact", choices=["exact", "relax"], help="contrastive positive sampling")
+    g.add_argument("--nce_k", type=int, default=16384, help="negatives per anchor (contrastive methods)")
+    g.add_argument("--nce_t", type=float, default=0.07, help="temperature (contrastive methods)")
+    g.add_argument("--nce_m", type=float, default=0.5, help="memory momentum (contrastive methods)")
+    g.add_argument("--model_t", default=None, help="teacher architecture (default: read from --path_t's folder)")
+    add_training_args(parser)
+    parser.set_defaults(save_folder="./save/student_model")
+    return parser
+
+
+def run_name(opt: argparse.Namespace) -> str:
+    """The reference's student folder name (``collect_results.py`` parses it)."""
+    return (f"S:{opt.model_s}_T:{opt.model_t}_{opt.dataset}_{opt.distill}_"
+            f"r:{opt.gamma}_a:{opt.alpha}_b:{opt.beta}_{opt.trial}")
+
+
+def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> argparse.Namespace:
+    if opt.distill in PENDING_METHODS:
+        parser.error(f"--distill {opt.distill} ({PENDING_METHODS[opt.distill]}) is not available yet: the "
+                     f"contrastive methods are being built in crd/; choose one of {', '.join(METHODS)}")
+    if opt.model_s not in model_dict:
+        parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
+    try:
+        opt.model_t = opt.model_t or model_name_from_path(opt.path_t, model_dict)
+    except CheckpointError as err:
+        parser.error(f"{err} (with --model_t)")
+    if opt.model_t not in model_dict:
+        parser.error(f"unknown --model_t {opt.model_t!r}; choose one of: {', '.join(model_dict)}")
+    gamma, alpha, beta = METHODS[opt.distill].weights
+    opt.gamma = gamma if opt.gamma is None else opt.gamma
+    opt.alpha = alpha if opt.alpha is None else opt.alpha
+    opt.beta = beta if opt.beta is None else opt.beta
+    if opt.learning_rate is None:
+        opt.learning_rate = default_learning_rate(opt.model_s)
+    return opt
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = build_parser()
+    opt = resolve_options(parser, parser.parse_args(argv))
+    method = METHODS[opt.distill]
+    try:
+        env = init_distributed(opt.device)
+        setup = prepare_run(opt, env, run_name(opt), view=method.view, k=opt.nce_k, mode=opt.mode)
+        n_cls = setup.spec.num_classes
+        teacher = model_dict[opt.model_t](num_classes=n_cls)
+        load_model_weights(teacher, opt.path_t, name=opt.model_t)
+        student = model_dict[opt.model_s](num_classes=n_cls)
+        sample = torch.zeros(2, *setup.train_loader.dataset[0][0].shape)
+        term = build_term(method, student, teacher, sample, opt, setup.spec.n_data)
+    except (DataError, CheckpointError, ValueError) as err:
+        parser.error(str(err))
+    log = print if env.is_main else (lambda *_: None)
+    if opt.sync_bn and env.distributed:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    normalize = Normalize(setup.spec.mean, setup.spec.std).to(env.device)
+    teacher.to(env.device)
+    teacher_eval = evaluate(teacher, setup.test_loader, normalize, env.device)
+    log(f"teacher {opt.model_t} ({opt.path_t}): test acc@1 {teacher_eval['acc']:.2f} acc@5 {teacher_eval['acc_top5']:.2f}")
+
+    task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T).to(env.device)
+    if method.init is not None:
+        if setup.resume_state is None:
+            run_init_stage(task, method, setup.train_loader, normalize, opt, env, setup.seed, log)
+        elif method.init.finish is not None:
+            method.init.finish(task.term)  # the resumed state already holds the init stage's result
+    schedule = Schedule(opt.epochs, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate, opt.momentum,
+                        opt.weight_decay)
+    try:
+        return fit(
+            task, opt.model_s, schedule, env, setup.train_loader, setup.test_loader, normalize, setup.run_dir,
+            setup.seed, vars(opt), resume_state=setup.resume_state, save_freq=opt.save_freq,
+            print_freq=opt.print_freq,
+        )
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()
