@@ -26,7 +26,7 @@ def ensure_cifar100(data_folder: str | Path) -> Path:
         missing = [name for name in _FILES[:2] if not (folder / name).is_file()]
         if missing:
             raise DataError(
-                f"{folder} lacks the file(s) {', '.join(missing)}: it must hold train, test and meta "
+                f"{folder} lacks the file(s) {', '.join(missing)}: it must hold train and test (and meta) "
                 "from the official CIFAR-100 python archive."
             )
         return folder
@@ -49,15 +49,14 @@ def read_cifar100(data_folder: str | Path, train: bool) -> tuple[torch.Tensor, t
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
-        data, labels = entry["data"], entry["fine_labels"]
+        images = torch.as_tensor(entry["data"])
+        labels = torch.as_tensor(entry["fine_labels"], dtype=torch.long)
     except Exception as err:
         raise DataError(f"cannot read {path} as a CIFAR-100 pickle ({type(err).__name__}: {err})") from err
-    images = torch.as_tensor(data)
-    labels = torch.as_tensor(labels, dtype=torch.long)
     if images.dtype != torch.uint8 or images.ndim != 2 or images.shape[1] != 3 * _SIDE * _SIDE:
         raise DataError(f"{path}: expected uint8 data of shape (N, 3072), got {images.dtype} {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
-        raise DataError(f"{path}: {images.shape[0]} images but {labels.numel()} labels")
+        raise DataError(f"{path}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}")
     if images.shape[0] == 0:
         raise DataError(f"{path} holds no images")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
