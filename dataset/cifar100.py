@@ -56,7 +56,7 @@ def read_cifar100(data_folder: str | Path, train: bool) -> tuple[torch.Tensor, t
     if images.dtype != torch.uint8 or images.ndim != 2 or images.shape[1] != 3 * _SIDE * _SIDE:
         raise DataError(f"{path}: expected uint8 data of shape (N, 3072), got {images.dtype} {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
-        raise DataError(f"{path}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+        raise DataError(f"{path}: {images.shape[0]} images but {labels.numel()} labels (shape {tuple(labels.shape)})")
     if images.shape[0] == 0:
         raise DataError(f"{path} holds no images")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
