@@ -1,0 +1,364 @@
+"""scripts/collect_results.py on fake run folders, and the command lists of scripts/run_cifar_vanilla.sh
+and scripts/run_cifar_distill.sh (PRINT_ONLY=1), each command parsed by the training scripts' own parsers.
+
+Expectations are written out here from the papers' tables, independently of the scripts.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REFERENCE, ROOT
+
+SCRIPTS = ROOT / "scripts"
+
+
+def _load_collect():
+    spec = importlib.util.spec_from_file_location("collect_results", SCRIPTS / "collect_results.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["collect_results"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cr = _load_collect()
+
+# ---------------------------------------------------------------------------------------------
+# fake runs
+
+
+def write_run(folder: Path, accs: list[float]) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"epoch": e, "lr": 0.05, "train_loss": 1.0, "test_acc": a, "test_acc_top5": 90.0}
+            for e, a in enumerate(accs, start=1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def student_dir(root: Path, s: str, t: str, distill: str, r: float, a: float, b: float, trial: int) -> Path:
+    # the name train_student.run_name builds (floats formatted by Python's str, as argparse leaves them)
+    return root / f"S:{s}_T:{t}_cifar100_{distill}_r:{float(r)}_a:{float(a)}_b:{float(b)}_{trial}"
+
+
+# (teacher, student, distill, r, a, b) -> per-trial accuracy curves
+STUDENT_RUNS = {
+    ("resnet32x4", "resnet8x4", "kd", 0.1, 0.9, 0): {1: [60.0, 73.9, 73.6], 2: [61.0, 73.1, 73.4]},
+    ("resnet32x4", "resnet8x4", "crd", 1, 1, 0.8): {1: [62.0, 75.8, 75.2], 2: [63.0, 75.1, 75.9]},
+    ("resnet32x4", "resnet8x4", "crd", 1, 0, 0.8): {1: [62.5, 75.0, 74.9]},
+    ("wrn_40_2", "wrn_16_2", "hint", 1, 1, 100): {1: [50.0, 70.2]},  # FitNet with KD: not a paper row
+    ("wrn_40_2", "ShuffleV1", "kd", 0.1, 0.9, 0): {3: [55.0, 74.0, 74.5, 74.1]},
+}
+VANILLA_RUNS = {
+    "resnet32x4_vanilla": [70.0, 79.6, 79.1],
+    "resnet32x4_vanilla_trial_1": [70.0, 79.0, 79.5],
+    "resnet8x4_vanilla": [65.0, 72.8, 72.4],
+}
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    root, vanilla = tmp_path / "student_model", tmp_path / "models"
+    for (t, s, d, r, a, b), trials in STUDENT_RUNS.items():
+        for trial, accs in trials.items():
+            write_run(student_dir(root, s, t, d, r, a, b, trial), accs)
+    for name, accs in VANILLA_RUNS.items():
+        write_run(vanilla / name, accs)
+    (root / "not_a_run").mkdir()  # ignored
+    (root / "S:resnet8x4_T:resnet32x4_cifar100_kd_r:0.1_a:0.9_b:0.0_9").mkdir()  # no metrics yet: ignored
+    return root, vanilla
+
+
+def expected(curves: list[list[float]], metric: str) -> tuple[float, float, int]:
+    values = [c[-1] if metric == "last" else max(c) for c in curves]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.mean(values), std, len(values)
+
+
+def md_tables(text: str) -> dict[str, dict[str, list[str]]]:
+    """'### <title>' -> {header or row label: cells}."""
+    tables, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            current = tables.setdefault(line[4:], {})
+        elif line.startswith("| ") and current is not None:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            current[cells[0]] = cells[1:]
+    return tables
+
+
+def md_cell(tables, table: int, metric: str, label: str, pair: tuple[str, str]) -> tuple[str, str, str]:
+    title = next(k for k in tables if k.startswith(f"Table {table}:") and metric in k)
+    header, row = tables[title]["method"], tables[title][label]
+    i = header.index(f"{pair[0]} → {pair[1]}")
+    assert header[i + 1 : i + 3] == ["paper", "Δ"]
+    return row[i], row[i + 1], row[i + 2]
+
+
+def fmt(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f}±{std:.2f} ({n})"
+
+
+def test_parse_run_names():
+    f = cr.parse_run_name("S:wrn_16_2_T:wrn_40_2_cifar100_kd_r:0.1_a:0.9_b:0.0_3")
+    assert (f["student"], f["teacher"], f["dataset"], f["distill"]) == ("wrn_16_2", "wrn_40_2", "cifar100", "kd")
+    assert (f["gamma"], f["alpha"], f["beta"], f["trial"]) == (0.1, 0.9, 0.0, "3")
+    f = cr.parse_run_name("S:MobileNetV2_T:ResNet50_cifar100_crd_r:1.0_a:1.0_b:0.8_run_a")
+    assert (f["student"], f["teacher"], f["distill"], f["trial"]) == ("MobileNetV2", "ResNet50", "crd", "run_a")
+    assert cr.parse_run_name("resnet32x4_vanilla") is None
+    assert cr.parse_vanilla_name("wrn_40_2_vanilla") == {"model": "wrn_40_2", "trial": "0"}
+    assert cr.parse_vanilla_name("wrn_40_2_vanilla_trial_2") == {"model": "wrn_40_2", "trial": "2"}
+
+
+def test_labels():
+    assert cr.method_label("kd", 0.9) == "KD"
+    assert cr.method_label("crd", 0.0) == "CRD"
+    assert cr.method_label("crd", 1.0) == "CRD+KD"
+    assert cr.method_label("rrd", 1.0) == "RRD+KD"
+    assert cr.method_label("wcord", 1.0) == "WCoRD+KD"
+    assert cr.method_label("hint", 0.0) == "FitNet"
+    assert cr.method_label("hint", 0.5) == "FitNet+KD"
+
+
+def test_markdown_cells(runs):
+    root, vanilla = runs
+    text = cr.main(["--root", str(root), "--vanilla_root", str(vanilla)])
+    tables = md_tables(text)
+    assert len(tables) == 4  # two tables x (last, best)
+    pair = ("resnet32x4", "resnet8x4")
+    for metric, word in (("last", "last-epoch"), ("best", "best-epoch")):
+        mean, std, n = expected(list(STUDENT_RUNS[(*pair, "kd", 0.1, 0.9, 0)].values()), metric)
+        cell, paper, diff = md_cell(tables, 1, word, "KD", pair)
+        assert (cell, paper, diff) == (fmt(mean, std, 2), "73.33", f"{mean - 73.33:+.2f}")
+
+        mean, std, n = expected(list(STUDENT_RUNS[(*pair, "crd", 1, 1, 0.8)].values()), metric)
+        cell, paper, diff = md_cell(tables, 1, word, "CRD+KD", pair)
+        assert (cell, paper, diff) == (fmt(mean, std, 2), "75.46", f"{mean - 75.46:+.2f}")
+
+        mean, std, n = expected(list(STUDENT_RUNS[(*pair, "crd", 1, 0, 0.8)].values()), metric)
+        assert md_cell(tables, 1, word, "CRD", pair) == (fmt(mean, 0.0, 1), "75.51", f"{mean - 75.51:+.2f}")
+
+        # Teacher row: the teacher's two vanilla trials, in every column with that teacher (both tables)
+        mean, std, n = expected([VANILLA_RUNS["resnet32x4_vanilla"], VANILLA_RUNS["resnet32x4_vanilla_trial_1"]],
+                                metric)
+        assert md_cell(tables, 1, word, "Teacher", pair)[0] == fmt(mean, std, 2)
+        assert md_cell(tables, 2, word, "Teacher", ("resnet32x4", "ShuffleV2")) == (
+            fmt(mean, std, 2), "79.42", f"{mean - 79.42:+.2f}")
+        mean, _, _ = expected([VANILLA_RUNS["resnet8x4_vanilla"]], metric)
+        assert md_cell(tables, 1, word, "Student", pair) == (fmt(mean, 0.0, 1), "72.50", f"{mean - 72.50:+.2f}")
+
+        # a Table 2 cell, a non-paper row appended after the paper's rows, missing cells
+        mean, _, _ = expected(list(STUDENT_RUNS[("wrn_40_2", "ShuffleV1", "kd", 0.1, 0.9, 0)].values()), metric)
+        assert md_cell(tables, 2, word, "KD", ("wrn_40_2", "ShuffleV1")) == (
+            fmt(mean, 0.0, 1), "74.83", f"{mean - 74.83:+.2f}")
+        assert md_cell(tables, 1, word, "FitNet+KD", ("wrn_40_2", "wrn_16_2"))[0] == fmt(70.2, 0.0, 1)
+        assert md_cell(tables, 1, word, "FitNet+KD", ("wrn_40_2", "wrn_16_2"))[1:] == ("–", "–")
+        assert md_cell(tables, 1, word, "FitNet", ("wrn_40_2", "wrn_16_2")) == ("–", "73.58", "–")
+        assert md_cell(tables, 1, word, "FSP", ("wrn_40_2", "wrn_40_1")) == ("–", "–", "–")  # N/A in the paper
+        assert md_cell(tables, 1, word, "WCoRD+KD", pair) == ("–", "76.15", "–")
+
+    # rows in the papers' order, the extra row last; FSP absent from Table 2's published values
+    title1 = next(k for k in tables if k.startswith("Table 1:") and "last-epoch" in k)
+    labels = [k for k in tables[title1] if k != "method"]
+    assert labels == cr.ROWS + ["FitNet+KD"]
+    assert labels[:4] == ["Teacher", "Student", "KD", "FitNet"] and labels[-3:-1] == ["RRD", "RRD+KD"]
+    title2 = next(k for k in tables if k.startswith("Table 2:") and "last-epoch" in k)
+    assert set(tables[title2]["FSP"][1::3]) == {"–"}
+
+
+def test_metric_flag_and_min_epochs(runs):
+    root, vanilla = runs
+    text = cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "best"])
+    tables = md_tables(text)
+    assert len(tables) == 2 and all("best-epoch" in k for k in tables)
+    # --min_epochs 4 keeps only the 4-epoch run
+    tables = md_tables(cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "last",
+                                "--min_epochs", "4"]))
+    assert md_cell(tables, 1, "last-epoch", "KD", ("resnet32x4", "resnet8x4"))[0] == "–"
+    assert md_cell(tables, 2, "last-epoch", "KD", ("wrn_40_2", "ShuffleV1"))[0] == fmt(74.1, 0.0, 1)
+
+
+def test_csv_output(runs, tmp_path):
+    root, vanilla = runs
+    out = tmp_path / "results.csv"
+    cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--format", "csv", "--output", str(out)])
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0]) == cr.CSV_FIELDS
+
+    def find(metric, method, t, s):
+        (row,) = [r for r in rows if (r["metric"], r["method"], r["teacher"], r["student"]) == (metric, method, t, s)]
+        return row
+
+    for metric in ("last", "best"):
+        mean, std, n = expected(list(STUDENT_RUNS[("resnet32x4", "resnet8x4", "kd", 0.1, 0.9, 0)].values()), metric)
+        row = find(metric, "KD", "resnet32x4", "resnet8x4")
+        assert row["table"] == "1" and int(row["n"]) == 2
+        assert float(row["mean"]) == pytest.approx(mean, abs=1e-4)
+        assert float(row["std"]) == pytest.approx(std, abs=1e-4)
+        assert float(row["published"]) == 73.33
+        assert float(row["diff"]) == pytest.approx(mean - 73.33, abs=1e-4)
+        mean, std, n = expected(list(STUDENT_RUNS[("resnet32x4", "resnet8x4", "crd", 1, 1, 0.8)].values()), metric)
+        assert float(find(metric, "CRD+KD", "resnet32x4", "resnet8x4")["mean"]) == pytest.approx(mean, abs=1e-4)
+    missing = find("last", "NST", "vgg13", "vgg8")
+    assert (missing["mean"], missing["n"], missing["published"], missing["diff"]) == ("", "0", "71.53", "")
+    # every (metric, table pair, paper row) appears once
+    n_pairs = len(cr.TABLE1_PAIRS) + len(cr.TABLE2_PAIRS)
+    assert len([r for r in rows if r["method"] in cr.ROWS]) == 2 * n_pairs * len(cr.ROWS)
+
+
+def test_cli_is_torch_free(runs):
+    root, vanilla = runs
+    code = ("import runpy, sys; sys.argv = ['collect_results.py'] + sys.argv[1:]; "
+            "runpy.run_path(%r, run_name='__main__'); "
+            "assert 'torch' not in sys.modules, 'collect_results imported torch'") % str(SCRIPTS / "collect_results.py")
+    proc = subprocess.run([sys.executable, "-c", code, "--root", str(root), "--vanilla_root", str(vanilla),
+                           "--metric", "last"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "73.33" in proc.stdout and "collected 7 distillation and 3 vanilla runs" in proc.stderr
+
+
+def _published_from_markdown(path: Path) -> dict[tuple[str, str, str], float]:
+    """The numbers of paper_tables.md's Tables 1 and 2 and WCoRD/RRD rows, keyed like cr.PUBLISHED."""
+    text = path.read_text()
+    out = {}
+    blocks = re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M)
+    pairs_by_width = {len(cr.TABLE1_PAIRS): cr.TABLE1_PAIRS, len(cr.TABLE2_PAIRS): cr.TABLE2_PAIRS}
+    for block in blocks[:4]:  # Table 1, Table 2, the two WCoRD/RRD blocks
+        lines = block.strip().splitlines()
+        pairs = pairs_by_width[len(lines[0].strip("|").split("|")) - 1]
+        for line in lines[2:]:
+            cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+            for pair, value in zip(pairs, cells[1:]):
+                if value != "N/A":
+                    out[(*pair, cells[0])] = float(value)
+    return out
+
+
+def test_embedded_published_values_match_reference():
+    path = REFERENCE / "paper_tables.md"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    assert cr.PUBLISHED == _published_from_markdown(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run scripts
+
+# The tables, written out again: (teacher, student) of Table 1, then Table 2.
+TABLE1 = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
+          ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")]
+TABLE2 = [("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"), ("resnet32x4", "ShuffleV1"),
+          ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1")]
+# FSP: N/A for wrn-40-2 -> wrn-40-1 and absent from Table 2
+FSP_PAIRS = [p for p in TABLE1 if p != ("wrn_40_2", "wrn_40_1")]
+CLASSIC = ["kd", "hint", "attention", "similarity", "correlation", "vid", "rkd", "pkt", "abound", "factor", "nst"]
+# contrastive rows: (distill, alpha, beta)
+CONTRASTIVE = [("crd", 0.0, 0.8), ("crd", 1.0, 0.8), ("rrd", 0.0, 1.0), ("rrd", 1.0, 1.0), ("wcord", 1.0, 0.8)]
+
+
+def expected_runs(available: set[str]) -> set[tuple]:
+    """(distill, alpha, teacher, student) of one trial."""
+    runs = {(d, None, t, s) for d in CLASSIC for t, s in TABLE1 + TABLE2}
+    runs |= {("fsp", None, t, s) for t, s in FSP_PAIRS}
+    runs |= {(d, a, t, s) for d, a, _ in CONTRASTIVE if d in available for t, s in TABLE1 + TABLE2}
+    return runs
+
+
+def run_script(name: str, extra_env: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "LAUNCHER", "TRIALS", "TEACHER_DIR",
+                                                            "DATA_FOLDER")}
+    # `python` on PATH is this interpreter (the distill script asks it which methods exist)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(PRINT_ONLY="1", **extra_env)
+    proc = subprocess.run(["bash", str(SCRIPTS / name), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def parse_commands(stdout: str, script: str, parser) -> list:
+    parsed = []
+    for line in stdout.splitlines():
+        tokens = shlex.split(line)
+        assert tokens[:2] == ["python", script], line
+        parsed.append(parser.parse_args(tokens[2:]))
+    return parsed
+
+
+def test_vanilla_script_print_only():
+    import train_teacher
+
+    proc = run_script("run_cifar_vanilla.sh", {"DATA_FOLDER": "/data/cifar dir"}, "--epochs", "1", "--seed", "7")
+    opts = parse_commands(proc.stdout, "train_teacher.py", train_teacher.build_parser())
+    assert len(opts) == 6
+    assert [o.model for o in opts] == ["wrn_40_2", "resnet56", "resnet110", "resnet32x4", "vgg13", "ResNet50"]
+    for o in opts:
+        assert (o.data_folder, o.epochs, o.seed, o.trial) == ("/data/cifar dir", 1, 7, "0")
+        assert (o.batch_size, o.lr_decay_epochs, o.save_folder) == (64, [150, 180, 210], "./save/models")
+
+
+def test_distill_script_print_only():
+    import train_student
+    from distiller_zoo.registry import METHODS
+
+    available = {m for m in ("crd", "rrd", "wcord") if m in METHODS}
+    proc = run_script("run_cifar_distill.sh", {"TRIALS": "1"}, "--device", "cpu")
+    opts = parse_commands(proc.stdout, "train_student.py", train_student.build_parser())
+    want = expected_runs(available)
+    assert len(opts) == len(want)
+    got = set()
+    for o in opts:
+        m = re.fullmatch(r"\./save/models/(.+)_vanilla/ckpt_epoch_240\.pth", o.path_t)
+        assert m, o.path_t
+        teacher = m[1]
+        assert (o.trial, o.data_folder, o.device) == ("1", "./data", "cpu")
+        if o.distill in METHODS and o.distill not in {"crd", "rrd", "wcord"}:
+            assert (o.gamma, o.alpha, o.beta) == METHODS[o.distill].weights  # the paper weights
+            got.add((o.distill, None, teacher, o.model_s))
+        else:
+            assert (o.gamma, o.alpha, o.beta) in {(1.0, a, b) for d, a, b in CONTRASTIVE if d == o.distill}
+            got.add((o.distill, o.alpha, teacher, o.model_s))
+    assert got == want
+    fsp = {(t, s) for d, _, t, s in got if d == "fsp"}
+    assert fsp == set(FSP_PAIRS)
+    assert ("wrn_40_2", "wrn_40_1") not in fsp and not fsp & set(TABLE2)
+    if not available:
+        assert "skipping CRD CRD+KD RRD RRD+KD WCoRD+KD" in proc.stderr
+        assert len(opts) == 11 * 13 + 6
+
+
+def test_distill_script_with_contrastive_methods(tmp_path):
+    """When the library provides crd/rrd/wcord, their five rows join; TRIALS numbers the trials 1..N."""
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\necho crd rrd wcord\n")
+    fake.chmod(0o755)
+    proc = run_script("run_cifar_distill.sh", {"TRIALS": "2", "PYTHON": str(fake),
+                                               "TEACHER_DIR": "/ckpt/teachers", "DATA_FOLDER": "/d"})
+    lines = proc.stdout.splitlines()
+    per_trial = 11 * 13 + 6 + 5 * 13
+    assert len(lines) == 2 * per_trial == 2 * len(expected_runs({"crd", "rrd", "wcord"}))
+    tokens = [shlex.split(line) for line in lines]
+    trials = [t[t.index("--trial") + 1] for t in tokens]
+    assert trials.count("1") == trials.count("2") == per_trial
+    assert all(t[t.index("--path_t") + 1].startswith("/ckpt/teachers/") for t in tokens)
+    assert all(t[t.index("--data_folder") + 1] == "/d" for t in tokens)
+    wcord = [t for t in tokens if t[t.index("--distill") + 1] == "wcord"]
+    assert len(wcord) == 2 * 13 and all(t[t.index("-a") + 1] == "1" for t in wcord)
+    assert "skipping" not in proc.stderr
+
+    # a Python that cannot import the library: contrastive rows skipped with a note
+    broken = tmp_path / "broken_python"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    proc = run_script("run_cifar_distill.sh", {"TRIALS": "1", "PYTHON": str(broken)})
+    assert len(proc.stdout.splitlines()) == 11 * 13 + 6
+    assert "could not import" in proc.stderr and "skipping" in proc.stderr
