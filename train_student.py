@@ -21,7 +21,7 @@ from helper.checkpoint import CheckpointError, load_model_weights, model_name_fr
 from helper.distill import DistillTask, build_term, run_init_stage
 from helper.distributed import cleanup, init_distributed
 from helper.loops import evaluate
-from helper.options import add_training_args, default_learning_rate
+from helper.options import add_training_args, check_device_options, default_learning_rate
 from helper.trainer import Schedule, TrainingStopped, fit, prepare_run
 from models import model_dict
 
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     method = METHODS[opt.distill]
     try:
         env = init_distributed(opt.device)
+        check_device_options(opt, env.device.type, env.distributed)
         setup = prepare_run(opt, env, run_name(opt), view=method.view, k=opt.nce_k, mode=opt.mode)
         n_cls = setup.spec.num_classes
         teacher = model_dict[opt.model_t](num_classes=n_cls)

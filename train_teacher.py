@@ -18,7 +18,7 @@ from dataset import DataError
 from dataset.transforms import Normalize
 from helper.checkpoint import CheckpointError
 from helper.distributed import cleanup, init_distributed
-from helper.options import add_training_args, default_learning_rate
+from helper.options import add_training_args, check_device_options, default_learning_rate
 from helper.trainer import ClassificationTask, Schedule, TrainingStopped, fit, prepare_run
 from models import model_dict
 
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         opt.learning_rate = default_learning_rate(opt.model)
     try:
         env = init_distributed(opt.device)
+        check_device_options(opt, env.device.type, env.distributed)
         setup = prepare_run(opt, env, run_name(opt.model, opt.trial))
         if setup.resume_state is not None and setup.resume_state.get("model_name") != opt.model:
             raise CheckpointError(

@@ -26,6 +26,7 @@ class ViewDataset(Dataset):
     ``mean`` and ``std`` (the normalisation the training device applies)."""
 
     labels: torch.Tensor
+    num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
 

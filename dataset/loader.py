@@ -73,7 +73,7 @@ def build_loaders(
     train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=False, **common)
     test_loader = DataLoader(test_set, sampler=ShardSampler(len(test_set), rank, world_size), **common)
     spec = DataSpec(
-        num_classes=int(getattr(train_set, "num_classes", int(train_set.labels.max()) + 1)),
+        num_classes=train_set.num_classes,
         n_data=len(train_set), mean=train_set.mean, std=train_set.std,
     )
     return train_loader, test_loader, spec

@@ -13,16 +13,28 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_min, all_reduce_sum
 from .util import correct_topk
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (``step`` counts from 0, like ``enumerate``)."""
 
     def __init__(self, epoch: int, step: int) -> None:
-        super().__init__(f"the training loss became non-finite at epoch {epoch}, step {step}")
+        super().__init__(f"the training loss became non-finite at epoch {epoch}, step {step} (counted from 0)")
         self.epoch, self.step = epoch, step
+
+
+_NO_BAD_STEP = 2**62
+
+
+def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int) -> None:
+    """Collective: every process learns the earliest bad step of any process, so all stop together
+    (one rank stopping alone would leave the others waiting in the next collective)."""
+    earliest = all_reduce_min(torch.where(first_bad < 0, torch.full_like(first_bad, _NO_BAD_STEP), first_bad))
+    step = int(earliest)
+    if step != _NO_BAD_STEP:
+        raise NonFiniteLossError(epoch, step)
 
 
 @dataclass
@@ -80,15 +92,13 @@ def train_epoch(
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
 
         if (step + 1) % print_freq == 0 or step + 1 == total_steps:
-            if int(first_bad) >= 0:
-                raise NonFiniteLossError(epoch, int(first_bad))
+            _raise_if_non_finite(first_bad, epoch)
             rate = n_local / (time.perf_counter() - start)
             log(
                 f"Epoch [{epoch}][{step + 1}/{total_steps}]  loss {float(sums['loss'] / seen):.4f}  "
                 f"acc@1 {float(100 * correct / seen):.2f}  {rate:.0f} img/s"
             )
-    if int(first_bad) >= 0:
-        raise NonFiniteLossError(epoch, int(first_bad))
+    _raise_if_non_finite(first_bad, epoch)
     seconds = time.perf_counter() - start
     keys = sorted(sums)
     packed = all_reduce_sum(torch.stack([sums[k] for k in keys] + [correct, seen]))

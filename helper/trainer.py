@@ -18,7 +18,7 @@ from dataset import DataSpec, build_datasets, build_loaders
 from dataset.transforms import Normalize
 
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
-from .distributed import DistEnv, barrier
+from .distributed import DistEnv, barrier, broadcast_buffers
 from .logger import RunLogger
 from .loops import NonFiniteLossError, StepOutput, evaluate, train_epoch
 from .util import seed_everything
@@ -186,6 +186,8 @@ def fit(
                 kept = f"the last good checkpoint is {last_good}" if last_good.exists() else "no checkpoint was written yet"
                 raise TrainingStopped(f"{err}; training stopped, {kept}") from err
             scheduler.step()
+            if env.distributed:
+                broadcast_buffers(eval_model)
             test = evaluate(eval_model, test_loader, normalize, device)
             last_acc = test["acc"]
             improved = last_acc > best_acc

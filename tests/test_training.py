@@ -328,17 +328,40 @@ def test_without_seed_a_seed_is_recorded_and_replays(data_root, tmp_path):
     assert_nested_equal(a["model"], b["model"], "model")
 
 
-@pytest.mark.parametrize("arch", ["MobileNetV2", "ShuffleV1", "ShuffleV2"])
-def test_small_models_default_to_lr_001(arch, data_root, tmp_path):
-    argv = [*COMMON, "--data_folder", str(data_root), "--save_folder", str(tmp_path), "--model", arch,
+def test_small_model_trains_with_lr_001(data_root, tmp_path):
+    """A real run of ShuffleV2 (the cheapest of the three): the metrics and the checkpoint's options
+    show the reference's 0.01."""
+    argv = [*COMMON, "--data_folder", str(data_root), "--save_folder", str(tmp_path), "--model", "ShuffleV2",
             "--epochs", "1", "--train_subset", "8", "--test_subset", "8", "--batch_size", "8", "--seed", "0"]
     with contextlib.redirect_stdout(io.StringIO()):
         train_teacher.main(argv)
-    run_dir = tmp_path / f"{arch}_vanilla"
+    run_dir = tmp_path / "ShuffleV2_vanilla"
     assert read_metrics(run_dir)[0]["lr"] == pytest.approx(0.01)
-    state = load(run_dir / f"{arch}_last.pth")
+    state = load(run_dir / "ShuffleV2_last.pth")
     assert state["opt"]["learning_rate"] == pytest.approx(0.01)
-    assert state["model_name"] == arch
+    assert state["model_name"] == "ShuffleV2"
+
+
+@pytest.mark.parametrize("arch, lr", [("MobileNetV2", 0.01), ("ShuffleV1", 0.01), ("ShuffleV2", 0.01),
+                                      ("resnet8", 0.05), ("wrn_16_2", 0.05), ("vgg8", 0.05), ("resnet32x4", 0.05)])
+def test_default_learning_rate_per_model(arch, lr, data_root, tmp_path, monkeypatch):
+    """The learning rate handed to the training driver (fit is replaced: no training needed)."""
+    seen = {}
+
+    def fake_fit(task, model_name, schedule, env, *args, **kwargs):
+        seen.update(name=model_name, lr=schedule.learning_rate, options=args[5])
+        return {}
+
+    monkeypatch.setattr(train_teacher, "fit", fake_fit)
+    train_teacher.main([*COMMON, "--data_folder", str(data_root), "--save_folder", str(tmp_path), "--model", arch,
+                        "--epochs", "1"])
+    assert seen["name"] == arch
+    assert seen["lr"] == pytest.approx(lr)
+    assert seen["options"]["learning_rate"] == pytest.approx(lr)
+    # An explicit --learning_rate wins.
+    train_teacher.main([*COMMON, "--data_folder", str(data_root), "--save_folder", str(tmp_path), "--model", arch,
+                        "--epochs", "1", "--learning_rate", "0.2"])
+    assert seen["lr"] == pytest.approx(0.2)
 
 
 # ----------------------------------------------------------------------------------- refusing to overwrite
@@ -523,6 +546,23 @@ def test_data_folder_without_files_names_them(present, missing, capsys, data_roo
     assert listed, err
     assert set(listed.group(1).replace(",", " ").split()) == set(missing)
     assert not (tmp_path / "save" / "resnet8_vanilla").exists()
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--save_freq", "0"), ("--print_freq", "0"), ("--train_subset", "0"), ("--test_subset", "0"),
+    ("--learning_rate", "-0.1"),
+])
+def test_nonsense_numbers_are_usage_errors_before_training(flag, value, capsys, data_root, tmp_path, monkeypatch):
+    """A value that can only crash (division by zero, empty data, SGD's lr check) or produce NaN
+    results must be refused up front, naming the flag, not after an epoch of training."""
+    def no_training(*args, **kwargs):
+        raise AssertionError(f"{flag} {value} should be refused before training starts")
+
+    monkeypatch.setattr(trainer_mod, "train_epoch", no_training)
+    err = usage_error(capsys, [*COMMON, "--data_folder", str(data_root), "--save_folder", str(tmp_path),
+                               "--epochs", "1", flag, value])
+    assert flag in err
+    assert not list(tmp_path.rglob("*.pth"))
 
 
 def test_resume_of_a_missing_file(capsys, data_root, tmp_path):
