@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn as nn
 from dataset import DataError
 from dataset.transforms import Normalize
 from distiller_zoo.registry import METHODS, PENDING_METHODS
-from helper.checkpoint import CheckpointError, load_model_weights, model_name_from_path
+from helper.checkpoint import CheckpointError, check_same_run, load_model_weights, model_name_from_path
 from helper.distill import DistillTask, build_term, run_init_stage
 from helper.distributed import cleanup, init_distributed
 from helper.loops import evaluate
@@ -62,6 +63,8 @@ def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace) ->
                      f"contrastive methods are being built in crd/; choose one of {', '.join(METHODS)}")
     if opt.model_s not in model_dict:
         parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
+    if not Path(opt.path_t).is_file():
+        parser.error(f"--path_t {opt.path_t}: the teacher checkpoint does not exist")
     try:
         opt.model_t = opt.model_t or model_name_from_path(opt.path_t, model_dict)
     except CheckpointError as err:
@@ -84,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         env = init_distributed(opt.device)
         check_device_options(opt, env.device.type, env.distributed)
-        setup = prepare_run(opt, env, run_name(opt), view=method.view, k=opt.nce_k, mode=opt.mode)
+        setup = prepare_run(opt, env, run_name(opt), view=method.data_view(opt), k=opt.nce_k, mode=opt.mode)
+        if setup.resume_state is not None:
+            check_same_run(setup.resume_state, opt, opt.resume, ("distill", "model_s", "model_t"))
         n_cls = setup.spec.num_classes
         teacher = model_dict[opt.model_t](num_classes=n_cls)
         load_model_weights(teacher, opt.path_t, name=opt.model_t)

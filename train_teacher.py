@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from dataset import DataError
 from dataset.transforms import Normalize
-from helper.checkpoint import CheckpointError
+from helper.checkpoint import CheckpointError, check_same_run
 from helper.distributed import cleanup, init_distributed
 from helper.options import add_training_args, check_device_options, default_learning_rate
 from helper.trainer import ClassificationTask, Schedule, TrainingStopped, fit, prepare_run
@@ -47,10 +47,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         env = init_distributed(opt.device)
         check_device_options(opt, env.device.type, env.distributed)
         setup = prepare_run(opt, env, run_name(opt.model, opt.trial))
-        if setup.resume_state is not None and setup.resume_state.get("model_name") != opt.model:
-            raise CheckpointError(
-                f"--resume {opt.resume} is a run of {setup.resume_state.get('model_name')!r}, not --model {opt.model}"
-            )
+        if setup.resume_state is not None:
+            check_same_run(setup.resume_state, opt, opt.resume, ("model",))
     except (DataError, CheckpointError, ValueError) as err:
         parser.error(str(err))
     model: nn.Module = model_dict[opt.model](num_classes=setup.spec.num_classes)

@@ -102,7 +102,8 @@ class Method:
     ``build`` returns the ``L_method`` module (``None`` when the main stage has no such term);
     ``weights`` are the paper's ``(-r gamma, -a alpha, -b beta)``, used when the flags are omitted;
     ``preact`` asks both networks for pre-activation features; ``view`` is the training-set view
-    the method needs (``plain``, ``instance`` or ``sample``); ``main_stage_term=False`` means the
+    the method needs (``plain``, ``instance`` or ``sample``), or a function of the flags that says
+    which; ``main_stage_term=False`` means the
     term only drives the init stage (AB and FSP: afterwards the student learns from CE and KD).
     """
 
@@ -111,9 +112,12 @@ class Method:
     build: Callable[[BuildContext], nn.Module | None]
     weights: tuple[float, float, float]
     preact: bool = False
-    view: str = "plain"
+    view: str | Callable[[Any], str] = "plain"
     init: InitStage | None = None
     main_stage_term: bool = True
+
+    def data_view(self, opt: Any) -> str:
+        return self.view(opt) if callable(self.view) else self.view
 
 
 def _stages(feats: Features) -> list[torch.Tensor]:
@@ -148,11 +152,12 @@ class _Layer:
 
 def _build_hint(ctx: BuildContext) -> nn.Module:
     layer = ctx.opt.hint_layer
-    if not -len(ctx.s_shapes) < layer < len(ctx.s_shapes) - 1:
-        raise ValueError(
-            f"--hint_layer {layer} is out of range: the student has {len(ctx.s_shapes)} features "
-            f"(0..{len(ctx.s_shapes) - 1}, the last being the pooled vector); choose 0..{len(ctx.s_shapes) - 2}"
-        )
+    for network, shapes in (("student", ctx.s_shapes), ("teacher", ctx.t_shapes)):
+        if not -len(shapes) < layer < len(shapes) - 1:
+            raise ValueError(
+                f"--hint_layer {layer} is out of range for the {network}: it has {len(shapes)} features, the "
+                f"last being the pooled vector; choose a feature map 0..{len(shapes) - 2}"
+            )
     return FeatureTerm(_Layer(layer), HintLoss(), adapt_s=ConvReg(ctx.s_shapes[layer], ctx.t_shapes[layer]))
 
 

@@ -75,6 +75,14 @@ def check_resumable(state: dict[str, Any], path: str | Path) -> None:
         )
 
 
+def check_same_run(state: dict[str, Any], opt: Any, path: str | Path, keys: Iterable[str]) -> None:
+    """Refuse to resume a checkpoint under flags that describe another run (another model or method)."""
+    saved = state.get("opt", {})
+    for key in keys:
+        if key in saved and saved[key] != getattr(opt, key):
+            raise CheckpointError(f"--resume {path} is a run of --{key} {saved[key]}, not --{key} {getattr(opt, key)}")
+
+
 def model_name_from_path(path: str | Path, known_names: Iterable[str]) -> str:
     """The architecture named by a checkpoint's folder, as the reference reads teacher names:
     ``save/models/resnet32x4_vanilla/ckpt_epoch_240.pth`` -> ``resnet32x4``. The longest known

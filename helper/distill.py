@@ -46,7 +46,8 @@ class DistillTask(nn.Module):
     """``loss = gamma * CE(student) + alpha * KD_T(student, teacher) + beta * L_method``.
 
     Logged terms: ``cls``, ``div`` and, when the method has a main-stage term, ``kd`` (the
-    reference's names).
+    reference's names). A term may return a dict: its ``'kd'`` entry is weighted by ``beta`` and
+    every other entry (already weighted by its own flag, e.g. WCoRD's ``local``) is added as is.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, method: Method, term: nn.Module | None,
@@ -82,9 +83,11 @@ class DistillTask(nn.Module):
         terms = {"cls": loss_cls, "div": loss_div}
         loss = self.gamma * loss_cls + self.alpha * loss_div
         if self.use_term:
-            loss_kd = self.term(feat_s, feat_t, *extras)
-            terms["kd"] = loss_kd
-            loss = loss + self.beta * loss_kd
+            out = self.term(feat_s, feat_t, *extras)
+            parts = out if isinstance(out, dict) else {"kd": out}
+            for name, value in parts.items():
+                loss = loss + (self.beta * value if name == "kd" else value)
+            terms.update(parts)
         return StepOutput(loss, logit_s, terms)
 
 
@@ -123,6 +126,10 @@ def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn
     init = method.init
     modules = init.modules(task.student, task.term)
     was_frozen = {id(p): p.requires_grad for p in task.parameters()}
+    was_training = task.training
+    # As the reference: only the init modules train (and update batch-norm statistics); the rest
+    # of the student runs in eval mode.
+    task.eval()
     for m in modules:
         m.requires_grad_(True)
         m.train()
@@ -143,6 +150,7 @@ def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn
         log(f"init epoch {epoch}/{opt.init_epochs}  loss {stats['loss']:.4f}  {stats['seconds']:.1f}s")
     for p in task.parameters():
         p.requires_grad_(was_frozen[id(p)])
+    task.train(was_training)
     if init.finish is not None:
         init.finish(task.term)
 

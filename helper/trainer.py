@@ -161,7 +161,11 @@ def fit(
 
     step_fn: Callable[..., StepOutput] = task
     if env.distributed:
-        step_fn = DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None)
+        # Buffers are not broadcast every step: contrastive memories are kept identical by the
+        # methods themselves (all-gathered updates) and would cost megabytes per step; batch-norm
+        # statistics are synchronised before each evaluation instead.
+        step_fn = DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=False)
 
     logger = RunLogger(run_dir, enabled=env.is_main, resume_epoch=start_epoch - 1)
     eval_model = task.eval_model
