@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,10 +19,10 @@ from dataset.transforms import Normalize
 from distiller_zoo.registry import METHODS, PENDING_METHODS
 from helper.checkpoint import CheckpointError, check_same_run, load_model_weights, model_name_from_path
 from helper.distill import DistillTask, build_term, run_init_stage
-from helper.distributed import cleanup, init_distributed
+from helper.distributed import init_distributed
 from helper.loops import evaluate
 from helper.options import add_training_args, check_device_options, default_learning_rate
-from helper.trainer import Schedule, TrainingStopped, fit, prepare_run
+from helper.trainer import prepare_run, run_training
 from models import model_dict
 
 
@@ -112,20 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             run_init_stage(task, method, setup.train_loader, normalize, opt, env, setup.seed, log)
         elif method.init.finish is not None:
             method.init.finish(task.term)  # the resumed state already holds the init stage's result
-    schedule = Schedule(opt.epochs, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate, opt.momentum,
-                        opt.weight_decay)
-    try:
-        return fit(
-            task, opt.model_s, schedule, env, setup.train_loader, setup.test_loader, normalize, setup.run_dir,
-            setup.seed, vars(opt), resume_state=setup.resume_state, save_freq=opt.save_freq,
-            print_freq=opt.print_freq,
-        )
-    except TrainingStopped as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        cleanup()
-
+    return run_training(task, opt.model_s, opt, setup, normalize)
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,6 @@ Runs are saved in ``<save_folder>/<model>_vanilla[_trial_<t>]/`` so that
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 import torch.nn as nn
@@ -17,9 +16,9 @@ import torch.nn as nn
 from dataset import DataError
 from dataset.transforms import Normalize
 from helper.checkpoint import CheckpointError, check_same_run
-from helper.distributed import cleanup, init_distributed
+from helper.distributed import init_distributed
 from helper.options import add_training_args, check_device_options, default_learning_rate
-from helper.trainer import ClassificationTask, Schedule, TrainingStopped, fit, prepare_run
+from helper.trainer import ClassificationTask, prepare_run, run_training
 from models import model_dict
 
 
@@ -54,20 +53,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model: nn.Module = model_dict[opt.model](num_classes=setup.spec.num_classes)
     if opt.sync_bn and env.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    schedule = Schedule(opt.epochs, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate, opt.momentum,
-                        opt.weight_decay)
-    try:
-        return fit(
-            ClassificationTask(model), opt.model, schedule, env, setup.train_loader, setup.test_loader,
-            Normalize(setup.spec.mean, setup.spec.std), setup.run_dir, setup.seed, vars(opt),
-            resume_state=setup.resume_state, save_freq=opt.save_freq, print_freq=opt.print_freq,
-        )
-    except TrainingStopped as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        cleanup()
-
+    normalize = Normalize(setup.spec.mean, setup.spec.std)
+    return run_training(ClassificationTask(model), opt.model, opt, setup, normalize)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .base import ViewDataset, collate_batch

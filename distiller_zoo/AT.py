@@ -7,16 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _pool_to_common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Average-pool the larger map down to the smaller one, per spatial dimension, so that
-    # non-square maps (e.g. 8x6 vs 4x3) are handled too.
-    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-    if tuple(f_s.shape[2:]) != size:
-        f_s = F.adaptive_avg_pool2d(f_s, size)
-    if tuple(f_t.shape[2:]) != size:
-        f_t = F.adaptive_avg_pool2d(f_t, size)
-    return f_s, f_t
+from ._pooling import pool_to_common_size
 
 
 class Attention(nn.Module):
@@ -36,7 +27,7 @@ class Attention(nn.Module):
         return [self.at_loss(f_s, f_t) for f_s, f_t in zip(g_s, g_t)]
 
     def at_loss(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        f_s, f_t = _pool_to_common_size(f_s, f_t)
+        f_s, f_t = pool_to_common_size(f_s, f_t)
         return (self.at(f_s) - self.at(f_t)).pow(2).mean()
 
     def at(self, f: torch.Tensor) -> torch.Tensor:

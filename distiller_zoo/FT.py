@@ -8,15 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _pool_to_common_size(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average-pool whichever map is larger so both share the smaller (H, W), per dimension."""
-    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
-    if tuple(a.shape[-2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[-2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
+from ._pooling import pool_to_common_size
 
 
 class FactorTransfer(nn.Module):
@@ -38,7 +30,7 @@ class FactorTransfer(nn.Module):
         self.p2 = p2
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        f_s, f_t = _pool_to_common_size(f_s, f_t)
+        f_s, f_t = pool_to_common_size(f_s, f_t)
         diff = self.factor(f_s) - self.factor(f_t)
         if self.p2 == 1:
             return diff.abs().mean()

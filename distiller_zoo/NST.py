@@ -8,16 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _pool_to_common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Average-pool the larger map down to the smaller one, per spatial dimension, so that
-    # non-square maps are handled too.
-    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-    if tuple(f_s.shape[2:]) != size:
-        f_s = F.adaptive_avg_pool2d(f_s, size)
-    if tuple(f_t.shape[2:]) != size:
-        f_t = F.adaptive_avg_pool2d(f_t, size)
-    return f_s, f_t
+from ._pooling import pool_to_common_size
 
 
 class NSTLoss(nn.Module):
@@ -34,7 +25,7 @@ class NSTLoss(nn.Module):
         return [self.nst_loss(f_s, f_t) for f_s, f_t in zip(g_s, g_t)]
 
     def nst_loss(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        f_s, f_t = _pool_to_common_size(f_s, f_t)
+        f_s, f_t = pool_to_common_size(f_s, f_t)
         f_s = F.normalize(f_s.flatten(2), dim=2)
         f_t = F.normalize(f_t.flatten(2), dim=2)
         return (self.poly_kernel(f_t, f_t).mean().detach() + self.poly_kernel(f_s, f_s).mean()

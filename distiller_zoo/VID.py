@@ -5,19 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _pool_to_common_size(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average-pool whichever map is larger so both share the smaller (H, W).
-
-    Height and width are handled independently, so non-square maps work; for square maps this is
-    exactly "pool the larger map to the smaller one".
-    """
-    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
-    if tuple(a.shape[-2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[-2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
+from ._pooling import pool_to_common_size
 
 
 def _inverse_softplus(y: float) -> float:
@@ -73,7 +61,7 @@ class VIDLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Argument names follow the reference so keyword calls keep working.
-        student, teacher = _pool_to_common_size(input, target)
+        student, teacher = pool_to_common_size(input, target)
         pred_mean = self.regressor(student)
         pred_var = (F.softplus(self.log_scale) + self.eps).view(1, -1, 1, 1)
         neg_log_prob = 0.5 * ((pred_mean - teacher) ** 2 / pred_var + torch.log(pred_var))

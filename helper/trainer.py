@@ -18,7 +18,7 @@ from dataset import DataSpec, build_datasets, build_loaders
 from dataset.transforms import Normalize
 
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
-from .distributed import DistEnv, barrier, broadcast_buffers
+from .distributed import DistEnv, barrier, broadcast_buffers, cleanup
 from .logger import RunLogger
 from .loops import NonFiniteLossError, StepOutput, evaluate, train_epoch
 from .util import seed_everything
@@ -222,3 +222,21 @@ def fit(
         sys.stdout.flush()
         print(json.dumps(result), flush=True)
     return result
+
+
+def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, normalize: Normalize) -> dict[str, Any]:
+    """The entry points' last step: ``fit`` with the shared flags; a stopped run exits with status 1
+    (its message on stderr) and the process group is always torn down."""
+    schedule = Schedule(opt.epochs, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate, opt.momentum,
+                        opt.weight_decay)
+    try:
+        return fit(
+            task, model_name, schedule, setup.env, setup.train_loader, setup.test_loader, normalize,
+            setup.run_dir, setup.seed, vars(opt), resume_state=setup.resume_state, save_freq=opt.save_freq,
+            print_freq=opt.print_freq,
+        )
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        cleanup()

@@ -352,7 +352,9 @@ def test_default_learning_rate_per_model(arch, lr, data_root, tmp_path, monkeypa
         seen.update(name=model_name, lr=schedule.learning_rate, options=args[5])
         return {}
 
-    monkeypatch.setattr(train_teacher, "fit", fake_fit)
+    import helper.trainer
+
+    monkeypatch.setattr(helper.trainer, "fit", fake_fit)
     train_teacher.main([*COMMON, "--data_folder", str(data_root), "--save_folder", str(tmp_path), "--model", arch,
                         "--epochs", "1"])
     assert seen["name"] == arch
