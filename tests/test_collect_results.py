@@ -362,3 +362,37 @@ def test_distill_script_with_contrastive_methods(tmp_path):
     proc = run_script("run_cifar_distill.sh", {"TRIALS": "1", "PYTHON": str(broken)})
     assert len(proc.stdout.splitlines()) == 11 * 13 + 6
     assert "could not import" in proc.stderr and "skipping" in proc.stderr
+
+
+@pytest.mark.slow
+def test_renders_runs_made_by_train_student(tmp_path, capsys):
+    """End to end: real train_student runs (fake data, random resnet32x4 teacher) become table cells."""
+    import torch
+
+    import train_student
+    from fakedata import write_fake_cifar
+    from models import model_dict
+
+    data = write_fake_cifar(tmp_path / "data", n_train=64, n_test=32)
+    teacher_dir = tmp_path / "models" / "resnet32x4_vanilla"
+    teacher_dir.mkdir(parents=True)
+    torch.save({"model": model_dict["resnet32x4"](num_classes=100).state_dict(), "epoch": 240, "accuracy": 0.0},
+               teacher_dir / "ckpt_epoch_240.pth")
+    results = {}
+    for distill in ("kd", "attention"):
+        results[distill] = train_student.main([
+            "--path_t", str(teacher_dir / "ckpt_epoch_240.pth"), "--model_s", "resnet8x4", "--distill", distill,
+            "--epochs", "1", "--batch_size", "16", "--num_workers", "0", "--device", "cpu", "--seed", "0",
+            "--data_folder", str(data), "--save_folder", str(tmp_path / "students"),
+        ])
+    capsys.readouterr()
+    table = cr.main(["--root", str(tmp_path / "students"), "--vanilla_root", str(tmp_path / "models"),
+                                  "--metric", "last"])
+    header = next(line for line in table.splitlines() if "resnet32x4" in line and "resnet8x4" in line)
+    column = [c.strip() for c in header.split("|")].index(
+        next(c.strip() for c in header.split("|") if "resnet32x4" in c and "resnet8x4" in c))
+    table_one = table[table.index(header):]
+    for label, distill in (("KD", "kd"), ("AT", "attention")):
+        row = next(line for line in table_one.splitlines() if line.startswith(f"| {label} |"))
+        cell = [c.strip() for c in row.split("|")][column]
+        assert cell.startswith(f"{results[distill]['last_acc']:.2f}") and "(1)" in cell, (label, row)
