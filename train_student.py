@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from dataset import DataError
 from dataset.transforms import Normalize
-from distiller_zoo.registry import METHODS, PENDING_METHODS
+from crd import WCORD_DEFAULTS
+from distiller_zoo.registry import METHODS
 from helper.checkpoint import CheckpointError, check_same_run, load_model_weights, model_name_from_path
 from helper.distill import DistillTask, build_term, run_init_stage
 from helper.distributed import init_distributed
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("distillation (reference flags)")
     g.add_argument("--path_t", required=True, help="teacher checkpoint ({'model': state_dict, ...})")
     g.add_argument("--model_s", default="resnet8", help=f"student architecture: {', '.join(model_dict)}")
-    g.add_argument("--distill", default="kd", choices=[*METHODS, *PENDING_METHODS])
+    g.add_argument("--distill", default="kd", choices=list(METHODS))
     g.add_argument("-t", "--trial", default="1", help="the experiment id")
     g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy (default: paper)")
     g.add_argument("-a", "--alpha", type=float, default=None, help="weight of the KD term (default: paper)")
@@ -45,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nce_t", type=float, default=0.07, help="temperature (contrastive methods)")
     g.add_argument("--nce_m", type=float, default=0.5, help="memory momentum (contrastive methods)")
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from --path_t's folder)")
+
+    g = parser.add_argument_group("contrastive methods (this project's additions)")
+    g.add_argument("--crd_memory", default="bank", choices=["bank", "queue"],
+                   help="CRD/WCoRD negatives: the paper's per-sample memory bank, or a FIFO queue for huge datasets")
+    g.add_argument("--nce_t_s", type=float, default=None, help="RRD student temperature (default 0.04; 2025: 0.1)")
+    g.add_argument("--nce_t_t", type=float, default=None, help="RRD teacher temperature (default 0.10; 2025: 0.02)")
+    g.add_argument("--rrd_variant", default="2024", choices=["2024", "2025"],
+                   help="RRD: the published form (2024) or the authors' 2025 code (enqueue first)")
+    g.add_argument("--critic", default=WCORD_DEFAULTS["critic"], choices=["spectral", "gp", "none"],
+                   help="WCoRD: how the critic is kept 1-Lipschitz")
+    g.add_argument("--gp_weight", type=float, default=WCORD_DEFAULTS["gp_weight"], help="WCoRD gradient-penalty weight")
+    g.add_argument("--ot_eps", type=float, default=WCORD_DEFAULTS["ot_eps"], help="WCoRD Sinkhorn entropy")
+    g.add_argument("--ot_iters", type=int, default=WCORD_DEFAULTS["ot_iters"], help="WCoRD Sinkhorn iterations")
+    g.add_argument("--lambda_local", type=float, default=WCORD_DEFAULTS["lambda_local"],
+                   help="WCoRD weight of the local (optimal-transport) term")
     add_training_args(parser)
     parser.set_defaults(save_folder="./save/student_model")
     return parser
@@ -57,9 +73,6 @@ def run_name(opt: argparse.Namespace) -> str:
 
 
 def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> argparse.Namespace:
-    if opt.distill in PENDING_METHODS:
-        parser.error(f"--distill {opt.distill} ({PENDING_METHODS[opt.distill]}) is not available yet: the "
-                     f"contrastive methods are being built in crd/; choose one of {', '.join(METHODS)}")
     if opt.model_s not in model_dict:
         parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
     if not Path(opt.path_t).is_file():

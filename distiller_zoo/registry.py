@@ -6,11 +6,14 @@ module and adding one row here.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
+
+from crd import CRDLoss, RRDLoss, WCoRDLoss
 
 from .AB import ABLoss, Connector
 from .AT import Attention
@@ -217,6 +220,66 @@ def _freeze_paraphraser(term: nn.Module) -> None:
     term.adapt_t.paraphraser.freeze()
 
 
+class CRDTerm(nn.Module):
+    """CRD on the pooled features; ``index``/``contrast_idx`` come from the training set's view."""
+
+    def __init__(self, loss: CRDLoss) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, feat_s: Features, feat_t: Features, index: torch.Tensor | None = None,
+                contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss(feat_s[-1], feat_t[-1], index, contrast_idx)
+
+
+class RRDTerm(nn.Module):
+    """RRD on the pooled features (it needs no dataset indices)."""
+
+    def __init__(self, loss: RRDLoss) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, feat_s: Features, feat_t: Features, *unused: torch.Tensor) -> torch.Tensor:
+        return self.loss(feat_s[-1], feat_t[-1])
+
+
+class WCoRDTerm(nn.Module):
+    """WCoRD's two parts: the global (CRD-form) term, weighted by beta as ``kd``, and the local
+    optimal-transport term, weighted here by ``--lambda_local``."""
+
+    def __init__(self, loss: WCoRDLoss) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, feat_s: Features, feat_t: Features, index: torch.Tensor | None = None,
+                contrast_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss_global, loss_local = self.loss(feat_s[-1], feat_t[-1], index, contrast_idx)
+        return {"kd": loss_global, "local": self.loss.lambda_local * loss_local}
+
+
+def _contrastive_options(ctx: BuildContext) -> argparse.Namespace:
+    """The flags plus what the contrastive losses read from the shapes and the data."""
+    return argparse.Namespace(**{**vars(ctx.opt), "s_dim": ctx.s_shapes[-1][1], "t_dim": ctx.t_shapes[-1][1],
+                                 "n_data": ctx.n_data})
+
+
+def _build_crd(ctx: BuildContext) -> nn.Module:
+    return CRDTerm(CRDLoss(_contrastive_options(ctx)))
+
+
+def _build_rrd(ctx: BuildContext) -> nn.Module:
+    return RRDTerm(RRDLoss(_contrastive_options(ctx)))
+
+
+def _build_wcord(ctx: BuildContext) -> nn.Module:
+    return WCoRDTerm(WCoRDLoss(_contrastive_options(ctx)))
+
+
+def _crd_view(opt: Any) -> str:
+    # The bank scores the dataset's sampled negatives; the queue needs only the batch.
+    return "sample" if getattr(opt, "crd_memory", "bank") == "bank" else "instance"
+
+
 def _simple(select: Selector, criterion: type[nn.Module], **kwargs: Any) -> Callable[[BuildContext], nn.Module]:
     def build(ctx: BuildContext) -> nn.Module:
         return FeatureTerm(select, criterion(**kwargs))
@@ -249,7 +312,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            init=InitStage(lambda student, term: [student.get_feat_modules()], _fsp_init_loss),
            main_stage_term=False),
     Method("nst", "Huang & Wang 2017, Neuron Selectivity Transfer", _simple(_stages, NSTLoss), (1.0, 0.0, 50.0)),
+    Method("crd", "Tian, Krishnan & Isola 2020, Contrastive Representation Distillation", _build_crd,
+           (1.0, 0.0, 0.8), view=_crd_view),
+    Method("rrd", "Giakoumoglou & Stathaki 2024, Relational Representation Distillation", _build_rrd,
+           (1.0, 0.0, 1.0)),
+    Method("wcord", "Chen et al. 2021, Wasserstein Contrastive Representation Distillation", _build_wcord,
+           (1.0, 0.0, 0.8), view=_crd_view),
 ]}
-
-# Built by the contrastive-methods work in crd/; named here so --distill can say so.
-PENDING_METHODS = {"crd": "CRD", "rrd": "RRD", "wcord": "WCoRD"}
