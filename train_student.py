@@ -72,10 +72,13 @@ def run_name(opt: argparse.Namespace) -> str:
             f"r:{opt.gamma}_a:{opt.alpha}_b:{opt.beta}_{opt.trial}")
 
 
-def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> argparse.Namespace:
+def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
+                    require_teacher_file: bool = True) -> argparse.Namespace:
+    """Fill in the teacher name, paper weights and learning rate; refuse impossible flags.
+    ``require_teacher_file=False`` serves tools that build the networks without loading weights."""
     if opt.model_s not in model_dict:
         parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
-    if not Path(opt.path_t).is_file():
+    if require_teacher_file and not Path(opt.path_t).is_file():
         parser.error(f"--path_t {opt.path_t}: the teacher checkpoint does not exist")
     try:
         opt.model_t = opt.model_t or model_name_from_path(opt.path_t, model_dict)

@@ -76,8 +76,10 @@ class DistillTask(nn.Module):
             return self.teacher(images, is_feat=True, preact=self.preact)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
-        feat_s, logit_s = self.student(images, is_feat=True, preact=self.preact)
+        # Teacher first: its temporaries are freed before the student's graph holds activations,
+        # which lowers the peak memory and the step time.
         feat_t, logit_t = self.teacher_outputs(images)
+        feat_s, logit_s = self.student(images, is_feat=True, preact=self.preact)
         loss_cls = F.cross_entropy(logit_s, targets)
         loss_div = self.criterion_div(logit_s, logit_t)
         terms = {"cls": loss_cls, "div": loss_div}
@@ -100,8 +102,8 @@ class InitTask(nn.Module):
         self.init = method.init
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
-        feat_s, logit_s = self.task.student(images, is_feat=True, preact=self.task.preact)
         feat_t, _ = self.task.teacher_outputs(images)
+        feat_s, logit_s = self.task.student(images, is_feat=True, preact=self.task.preact)
         loss = self.init.loss(self.task.term, feat_s, feat_t)
         return StepOutput(loss, logit_s, {"init": loss})
 
