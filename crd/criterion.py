@@ -15,6 +15,8 @@ memory for this project's FIFO-queue InfoNCE variant (:class:`~crd.memory.QueueC
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Optional
 
 import torch
@@ -74,9 +76,10 @@ class ContrastLoss(nn.Module):
         mpn = m * (1.0 / float(self.n_data))  # m * Pn, as the reference forms it
         p_pos = x[:, 0]
         log_d1 = torch.div(p_pos, p_pos.add(mpn + eps)).log()
-        p_neg = x[:, 1:]
-        log_d0 = torch.div(torch.full_like(p_neg, mpn), p_neg.add(mpn + eps)).log()
-        return -(log_d1.sum() + log_d0.sum()) / bsz
+        # log(m Pn / (P + m Pn + eps)) as a difference of logs: the same value without two more
+        # B x K tensors kept for the backward pass.
+        log_d0_sum = math.log(mpn) * x[:, 1:].numel() - x[:, 1:].add(mpn + eps).log().sum()
+        return -(log_d1.sum() + log_d0_sum) / bsz
 
 
 class CRDLoss(nn.Module):

@@ -100,6 +100,9 @@ class _UpdatePatch:
         self.version: int = -1
 
 
+_BACKWARD_ROWS = 16
+
+
 class _BankScores(torch.autograd.Function):
     """``(v @ memory.T).gather(1, idx)``: one matrix product against the whole bank, then the
     sampled entries, for when that is cheaper than gathering ``B x (K+1)`` rows.
@@ -138,10 +141,15 @@ class _BankScores(torch.autograd.Function):
                 "(another forward or a load_state_dict); the full-bank scoring path cannot compute this "
                 "gradient. Run backward after each forward, or use scoring='gather'.")
         grad = grad.to(memory.dtype)
-        dense = grad.new_zeros(grad.shape[0], memory.shape[0]).scatter_add_(1, idx, grad)
-        grad_v = dense @ memory
-        if patch.rows is not None:
-            grad_v += (dense[:, patch.rows] * patch.keep) @ patch.delta
+        grad_v = grad.new_empty(grad.shape[0], memory.shape[1])
+        # The scattered score gradient is B x n_data; building it a few rows at a time keeps this
+        # transient small at the point where the step's memory peaks (the start of backward).
+        for start in range(0, grad.shape[0], _BACKWARD_ROWS):
+            rows = slice(start, start + _BACKWARD_ROWS)
+            dense = grad.new_zeros(grad[rows].shape[0], memory.shape[0]).scatter_add_(1, idx[rows], grad[rows])
+            grad_v[rows] = dense @ memory
+            if patch.rows is not None:
+                grad_v[rows] += (dense[:, patch.rows] * patch.keep) @ patch.delta
         return grad_v.to(ctx.v_dtype), None, None, None
 
 
@@ -315,24 +323,23 @@ class ContrastMemory(nn.Module):
         full = self.use_full(b, k1)
 
         patch_m1, patch_m2 = _UpdatePatch(), _UpdatePatch()  # one per bank
-        out_v2 = torch.exp(torch.div(self._scores(v2, self.memory_v1, idx, full, patch_m1), self.T))
-        out_v1 = torch.exp(torch.div(self._scores(v1, self.memory_v2, idx, full, patch_m2), self.T))
+        logit_v2 = torch.div(self._scores(v2, self.memory_v1, idx, full, patch_m1), self.T)
+        logit_v1 = torch.div(self._scores(v1, self.memory_v2, idx, full, patch_m2), self.T)
 
         if first:
             # Z_v1, Z_v2 = mean(exp score) * n_data of this (global) batch, only where not yet set
             with torch.no_grad():
                 n = self.memory_v1.shape[0]
+                sums = torch.stack([logit_v1.exp().sum(), logit_v2.exp().sum()]).to(self.params.dtype)
                 if distributed:
-                    sums = torch.stack([out_v1.sum(), out_v2.sum()]).to(self.params.dtype)
                     dist.all_reduce(sums)
-                    z = sums / (world * out_v1.numel()) * n
-                else:
-                    z = torch.stack([out_v1.mean() * n, out_v2.mean() * n]).to(self.params.dtype)
+                z = sums / (world * logit_v1.numel()) * n
                 self.params[2:4] = torch.where(self.params[2:4] < 0, z, self.params[2:4])
             self._z_checked = True
-        z = self.params[2:4].clone()  # a copy: later writes to params must not touch this graph
-        out_v1 = torch.div(out_v1, z[0].to(out_v1.dtype)).contiguous()
-        out_v2 = torch.div(out_v2, z[1].to(out_v2.dtype)).contiguous()
+        # exp(s/T) / Z computed as exp(s/T - log Z): one B x (K+1) tensor kept for backward, not two.
+        log_z = self.params[2:4].log()  # a new tensor: later writes to params must not touch this graph
+        out_v1 = torch.exp(logit_v1 - log_z[0].to(logit_v1.dtype))
+        out_v2 = torch.exp(logit_v2 - log_z[1].to(logit_v2.dtype))
 
         # every rank applies the whole global batch's update, in rank order, so banks stay equal
         if distributed:

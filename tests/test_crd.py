@@ -3,19 +3,14 @@ re-implementation written here from the paper's formulas, a hand-worked case, th
 layout, both scoring paths, the queue variant, and two gloo processes against one process."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ddp_launch import WORLD, assert_all_ok, launch
 import torch
 import torch.nn.functional as F
 
@@ -455,7 +450,6 @@ def test_queue_gradient_matches_autograd_on_formula():
 
 # ----------------------------------------------------------------------------- two processes
 
-WORLD = 2
 DDP_B, DDP_STEPS = 8, 3  # global batch, split 4 + 4
 DDP_CONFIGS = {
     "bank_given_full": dict(crd_memory="bank", crd_scoring="full", given=True, scramble=True),
@@ -514,50 +508,8 @@ def _child_ddp(out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(code: str, log_dir: Path, timeout: float = 120) -> None:
-    """Run ``python -c code`` as ranks 0..WORLD-1 (torchrun's environment), each in its own session
-    so that a hang is killed whole; fail with the ranks' stderr on error or timeout."""
-    port = free_port()
-    loopback = next((n for _, n in socket.if_nameindex() if n in ("lo", "lo0")), None)
-    procs, files = [], []
-    try:
-        for rank in range(WORLD):
-            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-                   "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-            if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
-                env["GLOO_SOCKET_IFNAME"] = loopback
-            err = open(log_dir / f"rank{rank}.err", "w")
-            files.append(err)
-            procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=err,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True))
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for f in files:
-            f.close()
-    for rank, p in enumerate(procs):
-        log = (log_dir / f"rank{rank}.err").read_text()[-2000:]
-        assert p.returncode == 0, f"rank {rank} exited with {p.returncode} (timeout {timeout}s):\n{log}"
-
-
 def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
-    launch(f"import test_crd as t; t._child_ddp({str(tmp_path)!r})", tmp_path)
+    assert_all_ok(launch([sys.executable, "-c", f"import test_crd as t; t._child_ddp({str(tmp_path)!r})"], tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for name in DDP_CONFIGS:
         single = ddp_run(name, 0, 1)

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ddp_launch import assert_all_ok, launch
 import torch
 import torch.nn.functional as F
 
@@ -245,27 +243,10 @@ DDP_SCRIPT = textwrap.dedent("""
 def test_queues_stay_identical_across_ranks(tmp_path):
     script = tmp_path / "rrd_ddp.py"
     script.write_text(DDP_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=120)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, out
-        assert f"ok {rank}" in out, out
+    results = launch([sys.executable, str(script)], tmp_path)
+    assert_all_ok(results)
+    for rank, res in enumerate(results):
+        assert f"ok {rank}" in res["out"], res["out"]
 
 
 def test_forward_has_no_host_sync():
