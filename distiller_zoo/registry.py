@@ -182,9 +182,8 @@ def _build_abound(ctx: BuildContext) -> nn.Module:
 
 def _build_factor(ctx: BuildContext) -> nn.Module:
     paraphraser = Paraphraser(ctx.t_shapes[-2])
-    term = FeatureTerm(_last_map, FactorTransfer(), adapt_s=Translator(ctx.s_shapes[-2], ctx.t_shapes[-2]),
+    return FeatureTerm(_last_map, FactorTransfer(), adapt_s=Translator(ctx.s_shapes[-2], ctx.t_shapes[-2]),
                        adapt_t=ParaphraserFactor(paraphraser))
-    return term
 
 
 def _build_fsp(ctx: BuildContext) -> nn.Module:
@@ -198,16 +197,9 @@ def _build_fsp(ctx: BuildContext) -> nn.Module:
     return FeatureTerm(_maps, FSP(ctx.s_shapes[:-1], ctx.t_shapes[:-1]))
 
 
-def _sum(losses: Any) -> torch.Tensor:
-    return sum(losses) if isinstance(losses, (list, tuple)) else losses
-
-
-def _ab_init_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
-    return _sum(term.criterion(term.adapt_s(_stages(feat_s)), _stages(feat_t)))
-
-
-def _fsp_init_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
-    return _sum(term.criterion(_maps(feat_s), _maps(feat_t)))
+def _term_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
+    """AB and FSP train their init stage on the term itself (which the main stage then drops)."""
+    return term(feat_s, feat_t)
 
 
 def _factor_init_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
@@ -303,13 +295,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("pkt", "Passalis & Tefas 2018, Probabilistic Knowledge Transfer", _simple(_pooled, PKT),
            (1.0, 0.0, 30000.0)),
     Method("abound", "Heo et al. 2019, Activation Boundaries", _build_abound, (1.0, 0.0, 1.0), preact=True,
-           init=InitStage(lambda student, term: [student.get_feat_modules(), term.adapt_s], _ab_init_loss),
+           init=InitStage(lambda student, term: [student.get_feat_modules(), term.adapt_s], _term_loss),
            main_stage_term=False),
     Method("factor", "Kim et al. 2018, Paraphrasing Complex Network (Factor Transfer)", _build_factor,
            (1.0, 0.0, 200.0),
            init=InitStage(lambda student, term: [term.adapt_t.paraphraser], _factor_init_loss, _freeze_paraphraser)),
     Method("fsp", "Yim et al. 2017, A Gift from Knowledge Distillation (FSP)", _build_fsp, (1.0, 0.0, 50.0),
-           init=InitStage(lambda student, term: [student.get_feat_modules()], _fsp_init_loss),
+           init=InitStage(lambda student, term: [student.get_feat_modules()], _term_loss),
            main_stage_term=False),
     Method("nst", "Huang & Wang 2017, Neuron Selectivity Transfer", _simple(_stages, NSTLoss), (1.0, 0.0, 50.0)),
     Method("crd", "Tian, Krishnan & Isola 2020, Contrastive Representation Distillation", _build_crd,
