@@ -23,6 +23,7 @@ from helper.distill import DistillTask, build_term, run_init_stage
 from helper.distributed import init_distributed
 from helper.loops import evaluate
 from helper.options import add_training_args, check_device_options, default_learning_rate
+from helper.precision import Precision
 from helper.trainer import prepare_run, run_training
 from models import model_dict
 
@@ -117,17 +118,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opt.sync_bn and env.distributed:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     normalize = Normalize(setup.spec.mean, setup.spec.std).to(env.device)
-    teacher.to(env.device)
-    teacher_eval = evaluate(teacher, setup.test_loader, normalize, env.device)
+    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last)
+    precision.prepare_module(teacher.to(env.device))
+    teacher_eval = evaluate(teacher, setup.test_loader, normalize, env.device, precision)
     log(f"teacher {opt.model_t} ({opt.path_t}): test acc@1 {teacher_eval['acc']:.2f} acc@5 {teacher_eval['acc_top5']:.2f}")
 
     task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T).to(env.device)
+    precision.prepare_module(task)
     if method.init is not None:
         if setup.resume_state is None:
-            run_init_stage(task, method, setup.train_loader, normalize, opt, env, setup.seed, log)
+            run_init_stage(task, method, setup.train_loader, normalize, opt, env, setup.seed, log, precision)
         elif method.init.finish is not None:
             method.init.finish(task.term)  # the resumed state already holds the init stage's result
-    return run_training(task, opt.model_s, opt, setup, normalize)
+    return run_training(task, opt.model_s, opt, setup, normalize, precision)
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from dataset.transforms import Normalize
 from helper.checkpoint import CheckpointError, check_same_run
 from helper.distributed import init_distributed
 from helper.options import add_training_args, check_device_options, default_learning_rate
+from helper.precision import Precision
 from helper.trainer import ClassificationTask, prepare_run, run_training
 from models import model_dict
 
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opt.sync_bn and env.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     normalize = Normalize(setup.spec.mean, setup.spec.std)
-    return run_training(ClassificationTask(model), opt.model, opt, setup, normalize)
+    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last)
+    return run_training(ClassificationTask(model), opt.model, opt, setup, normalize, precision)
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ from distiller_zoo.KD import DistillKL
 from distiller_zoo.registry import BuildContext, Method
 
 from .loops import StepOutput, train_epoch
+from .precision import Precision
 from .trainer import epoch_seed
 from .util import seed_everything
 
@@ -122,7 +123,7 @@ def _unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
 
 
 def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn.Module, opt: Any,
-                   env: Any, seed: int, log: Any = print) -> None:
+                   env: Any, seed: int, log: Any = print, precision: Precision | None = None) -> None:
     """Train ``method.init.modules`` for ``opt.init_epochs`` epochs (SGD with the main stage's lr,
     momentum and weight decay, as the reference does), then run ``method.init.finish``."""
     init = method.init
@@ -138,6 +139,7 @@ def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn
     optimizer = torch.optim.SGD(_unique_parameters(modules), lr=opt.learning_rate, momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
     step: nn.Module = InitTask(task, method).to(env.device)
+    scaler = precision.grad_scaler() if precision is not None else None
     if env.distributed:
         # The classifier and any head outside the init loss get no gradient here.
         step = nn.parallel.DistributedDataParallel(
@@ -148,7 +150,7 @@ def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn
         loader.sampler.set_epoch(data_epoch)
         loader.dataset.set_epoch(data_epoch, seed)
         stats = train_epoch(step, loader, optimizer, normalize, env.device, epoch, opt.print_freq,
-                            lambda line: log("init " + line))
+                            lambda line: log("init " + line), precision, scaler)
         log(f"init epoch {epoch}/{opt.init_epochs}  loss {stats['loss']:.4f}  {stats['seconds']:.1f}s")
     for p in task.parameters():
         p.requires_grad_(was_frozen[id(p)])

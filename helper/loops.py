@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .distributed import all_reduce_min, all_reduce_sum
+from .precision import Precision
 from .util import correct_topk
 
 
@@ -60,13 +61,17 @@ def train_epoch(
     epoch: int,
     print_freq: int = 100,
     log: Callable[[str], None] = print,
+    precision: Precision | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """Run one epoch of ``step_fn(images, targets, *extras) -> StepOutput`` with SGD updates.
 
     Returns averages over every sample seen by every process: ``loss``, ``acc`` and each term,
     plus ``images_per_sec`` and ``seconds``. Raises :class:`NonFiniteLossError` (naming the first
-    bad step) when the loss stops being finite.
+    bad step) when the loss stops being finite. ``precision`` selects autocast and memory layout
+    (default: fp32, contiguous); ``scaler`` (float16 autocast) lives as long as the run.
     """
+    precision = precision or Precision(device)
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = torch.zeros((), device=device)
@@ -76,10 +81,16 @@ def train_epoch(
     n_local = 0
     for step, batch in enumerate(loader):
         images, targets, *extras = _to_device(batch, device)
-        out = step_fn(normalize(images), targets, *extras)
+        with precision.autocast():
+            out = step_fn(precision.prepare_input(normalize(images)), targets, *extras)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
+        if scaler is None:
+            out.loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
         with torch.no_grad():
             n = targets.numel()
@@ -112,16 +123,19 @@ def train_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: Iterable, normalize: nn.Module, device: torch.device
+    model: nn.Module, loader: Iterable, normalize: nn.Module, device: torch.device,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and cross-entropy of ``model`` over ``loader``, summed over
     all processes (each test image counted once)."""
+    precision = precision or Precision(device)
     was_training = model.training
     model.eval()
     stats = torch.zeros(4, device=device)  # loss sum, top-1 hits, top-5 hits, count
     for batch in loader:
         images, targets = _to_device(batch[:2], device)
-        logits = model(normalize(images))
+        with precision.autocast():
+            logits = model(precision.prepare_input(normalize(images)))
         top1, top5 = correct_topk(logits, targets, (1, 5))
         loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         stats += torch.stack([loss, top1.float(), top5.float(), torch.tensor(float(targets.numel()), device=device)])

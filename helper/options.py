@@ -35,6 +35,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--seed", type=int, default=None, help="seed everything (default: a random seed, recorded)")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue the run that wrote this checkpoint")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision: bfloat16 autocast (float16 + gradient scaling on GPUs without bf16)")
+    g.add_argument("--channels_last", action="store_true", help="NHWC memory layout for convolutions")
     g.add_argument("--sync_bn", action="store_true", help="synchronise batch norm across torchrun processes (CUDA)")
     g.add_argument("--train_subset", type=positive_int, default=None, metavar="N", help="use the first N training images")
     g.add_argument("--test_subset", type=positive_int, default=None, metavar="N", help="use the first N test images")

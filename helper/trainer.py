@@ -21,6 +21,7 @@ from .checkpoint import CheckpointError, check_resumable, load_checkpoint, save_
 from .distributed import DistEnv, barrier, broadcast_buffers, cleanup
 from .logger import RunLogger
 from .loops import NonFiniteLossError, StepOutput, evaluate, train_epoch
+from .precision import Precision
 from .util import seed_everything
 
 
@@ -131,6 +132,7 @@ def fit(
     save_freq: int = 40,
     print_freq: int = 100,
     log: Callable[[str], None] | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` (a module whose ``forward(images, targets, *extras)`` returns a
     :class:`StepOutput` and whose ``eval_model`` is evaluated) and return the final metrics.
@@ -143,8 +145,10 @@ def fit(
     device = env.device
     if log is None:
         log = print if env.is_main else (lambda *_: None)
-    task.to(device)
+    precision = precision or Precision(device)
+    precision.prepare_module(task.to(device))
     normalize.to(device)
+    scaler = precision.grad_scaler()
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=schedule.learning_rate, momentum=schedule.momentum,
                                 weight_decay=schedule.weight_decay)
@@ -155,6 +159,8 @@ def fit(
         task.load_state_dict(resume_state["task"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler is not None and "scaler" in resume_state:
+            scaler.load_state_dict(resume_state["scaler"])
         start_epoch, best_acc = resume_state["epoch"] + 1, resume_state["best_acc"]
         last_acc = resume_state.get("accuracy", float("nan"))
         log(f"resuming after epoch {resume_state['epoch']} (best {best_acc:.2f}, seed {seed})")
@@ -175,6 +181,7 @@ def fit(
             "model": eval_model.state_dict(), "epoch": epoch, "accuracy": accuracy, "best_acc": best_acc,
             "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "seed": seed, "model_name": model_name, "opt": options,
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
         }
 
     try:
@@ -184,7 +191,8 @@ def fit(
             train_loader.dataset.set_epoch(epoch, seed)
             lr = optimizer.param_groups[0]["lr"]
             try:
-                train = train_epoch(step_fn, train_loader, optimizer, normalize, device, epoch, print_freq, log)
+                train = train_epoch(step_fn, train_loader, optimizer, normalize, device, epoch, print_freq, log,
+                                    precision, scaler)
             except NonFiniteLossError as err:
                 last_good = run_dir / f"{model_name}_last.pth"
                 kept = f"the last good checkpoint is {last_good}" if last_good.exists() else "no checkpoint was written yet"
@@ -192,7 +200,7 @@ def fit(
             scheduler.step()
             if env.distributed:
                 broadcast_buffers(eval_model)
-            test = evaluate(eval_model, test_loader, normalize, device)
+            test = evaluate(eval_model, test_loader, normalize, device, precision)
             last_acc = test["acc"]
             improved = last_acc > best_acc
             best_acc = max(best_acc, last_acc)
@@ -224,7 +232,8 @@ def fit(
     return result
 
 
-def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, normalize: Normalize) -> dict[str, Any]:
+def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, normalize: Normalize,
+                 precision: Precision | None = None) -> dict[str, Any]:
     """The entry points' last step: ``fit`` with the shared flags; a stopped run exits with status 1
     (its message on stderr) and the process group is always torn down."""
     schedule = Schedule(opt.epochs, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate, opt.momentum,
@@ -233,7 +242,7 @@ def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, no
         return fit(
             task, model_name, schedule, setup.env, setup.train_loader, setup.test_loader, normalize,
             setup.run_dir, setup.seed, vars(opt), resume_state=setup.resume_state, save_freq=opt.save_freq,
-            print_freq=opt.print_freq,
+            print_freq=opt.print_freq, precision=precision,
         )
     except TrainingStopped as err:
         print(f"error: {err}", file=sys.stderr)

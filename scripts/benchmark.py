@@ -45,6 +45,7 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
     from distiller_zoo.registry import METHODS
     from helper.distill import DistillTask, build_term, freeze_teacher
     from helper.distributed import resolve_device
+    from helper.precision import Precision
     from models import model_dict
 
     torch.manual_seed(0)
@@ -52,9 +53,10 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     n_cls, batch, k = 100, args.batch_size, args.nce_k
-    teacher = model_dict[args.teacher](num_classes=n_cls).to(device)
-    student = model_dict[args.student](num_classes=n_cls).to(device)
-    images = torch.randn(batch, 3, 32, 32, device=device)
+    precision = Precision(device, amp=args.amp, channels_last=args.channels_last)
+    teacher = precision.prepare_module(model_dict[args.teacher](num_classes=n_cls).to(device))
+    student = precision.prepare_module(model_dict[args.student](num_classes=n_cls).to(device))
+    images = precision.prepare_input(torch.randn(batch, 3, 32, 32, device=device))
     targets = torch.randint(0, n_cls, (batch,), device=device)
 
     if method_name == BOUND:
@@ -73,6 +75,7 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
         method = METHODS[method_name]
         term = build_term(method, student, teacher, images[:2], opt, args.n_data)
         task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T).to(device)
+        precision.prepare_module(task)
         params = [p for p in task.parameters() if p.requires_grad]
         view = method.data_view(opt)
         extras = []
@@ -85,14 +88,21 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
             return task(images, targets, *extras).loss
 
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scaler = precision.grad_scaler()
     times = []
     for i in range(args.warmup + args.steps):
         _sync(device)
         start = time.perf_counter()
-        loss = step()
+        with precision.autocast():
+            loss = step()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
@@ -119,6 +129,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the minimum is reported")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (float16 + scaler on older GPUs)")
+    parser.add_argument("--channels_last", action="store_true", help="NHWC tensors")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)  # child-process mode
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     reference = next((r for r in results if r["method"] == args.methods.split(",")[0]), results[0])
     print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, K={args.nce_k}, n_data={args.n_data}, "
-          f"{results[0]['device']}, median of {args.steps} steps after {args.warmup} warm-up, "
+          f"{results[0]['device']}{', amp' if args.amp else ''}{', channels_last' if args.channels_last else ''}, median of {args.steps} steps after {args.warmup} warm-up, "
           f"minimum over {args.repeats} interleaved round(s)\n")
     print(f"| method | step (ms) | images/s | x {reference['method']} step | peak memory (MB) | x {reference['method']} memory |")
     print("|---|---|---|---|---|---|")
