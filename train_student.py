@@ -118,8 +118,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opt.sync_bn and env.distributed:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     normalize = Normalize(setup.spec.mean, setup.spec.std).to(env.device)
-    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last)
-    precision.prepare_module(teacher.to(env.device))
+    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
+    precision.prepare_network(teacher.to(env.device))
+    precision.prepare_network(student.to(env.device))
     teacher_eval = evaluate(teacher, setup.test_loader, normalize, env.device, precision)
     log(f"teacher {opt.model_t} ({opt.path_t}): test acc@1 {teacher_eval['acc']:.2f} acc@5 {teacher_eval['acc_top5']:.2f}")
 

@@ -55,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opt.sync_bn and env.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     normalize = Normalize(setup.spec.mean, setup.spec.std)
-    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last)
+    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
+    precision.prepare_network(model.to(env.device))
     return run_training(ClassificationTask(model), opt.model, opt, setup, normalize, precision)
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: bfloat16 autocast (float16 + gradient scaling on GPUs without bf16)")
     g.add_argument("--channels_last", action="store_true", help="NHWC memory layout for convolutions")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks (state-dict keys unchanged; the first steps compile)")
     g.add_argument("--sync_bn", action="store_true", help="synchronise batch norm across torchrun processes (CUDA)")
     g.add_argument("--train_subset", type=positive_int, default=None, metavar="N", help="use the first N training images")
     g.add_argument("--test_subset", type=positive_int, default=None, metavar="N", help="use the first N test images")

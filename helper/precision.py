@@ -18,11 +18,14 @@ class Precision:
     with a gradient scaler (float16's range is too narrow for unscaled gradients).
     ``channels_last``: NHWC layout for convolution weights and inputs, which oneDNN and cuDNN run
     faster, most of all under autocast.
+    ``compile``: ``nn.Module.compile()`` on the networks, in place, so state-dict keys (and so
+    checkpoints) are unchanged; the frozen teacher is compiled for its no-grad forward.
     """
 
     device: torch.device
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype:
@@ -42,6 +45,14 @@ class Precision:
 
     def prepare_module(self, module: nn.Module) -> nn.Module:
         return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def prepare_network(self, network: nn.Module) -> nn.Module:
+        """Layout and, with ``compile``, compilation of a backbone (not of the loss modules: their
+        data-dependent memory updates gain nothing and would only add graph breaks)."""
+        self.prepare_module(network)
+        if self.compile:
+            network.compile()
+        return network
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images

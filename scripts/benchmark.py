@@ -53,9 +53,9 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     n_cls, batch, k = 100, args.batch_size, args.nce_k
-    precision = Precision(device, amp=args.amp, channels_last=args.channels_last)
-    teacher = precision.prepare_module(model_dict[args.teacher](num_classes=n_cls).to(device))
-    student = precision.prepare_module(model_dict[args.student](num_classes=n_cls).to(device))
+    precision = Precision(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    teacher = precision.prepare_network(model_dict[args.teacher](num_classes=n_cls).to(device))
+    student = precision.prepare_network(model_dict[args.student](num_classes=n_cls).to(device))
     images = precision.prepare_input(torch.randn(batch, 3, 32, 32, device=device))
     targets = torch.randint(0, n_cls, (batch,), device=device)
 
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (float16 + scaler on older GPUs)")
     parser.add_argument("--channels_last", action="store_true", help="NHWC tensors")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (warm-up absorbs it)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)  # child-process mode
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     reference = next((r for r in results if r["method"] == args.methods.split(",")[0]), results[0])
     print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, K={args.nce_k}, n_data={args.n_data}, "
-          f"{results[0]['device']}{', amp' if args.amp else ''}{', channels_last' if args.channels_last else ''}, median of {args.steps} steps after {args.warmup} warm-up, "
+          f"{results[0]['device']}{', amp' if args.amp else ''}{', channels_last' if args.channels_last else ''}{', compile' if args.compile else ''}, median of {args.steps} steps after {args.warmup} warm-up, "
           f"minimum over {args.repeats} interleaved round(s)\n")
     print(f"| method | step (ms) | images/s | x {reference['method']} step | peak memory (MB) | x {reference['method']} memory |")
     print("|---|---|---|---|---|---|")

@@ -63,3 +63,20 @@ def test_train_teacher_with_amp_and_channels_last(tmp_path):
     assert result["epochs"] == 1 and result["last_acc"] == result["last_acc"]  # finite, not NaN
     state = torch.load(tmp_path / "runs" / "resnet8_vanilla" / "resnet8_last.pth", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state["model"].values()), "weights must stay fp32 under autocast"
+
+
+@pytest.mark.slow
+def test_train_student_with_compile_keeps_reference_checkpoint_keys(tmp_path):
+    data = write_fake_cifar(tmp_path / "data", n_train=32, n_test=16)
+    teacher_dir = tmp_path / "models" / "resnet8_vanilla"
+    teacher_dir.mkdir(parents=True)
+    torch.save({"model": model_dict["resnet8"](num_classes=100).state_dict(), "epoch": 240, "accuracy": 0.0},
+               teacher_dir / "ckpt_epoch_240.pth")
+    result = train_student.main(["--path_t", str(teacher_dir / "ckpt_epoch_240.pth"), "--model_s", "resnet8",
+                                 "--distill", "attention", "--epochs", "1", "--batch_size", "16", "--num_workers", "0",
+                                 "--device", "cpu", "--seed", "0", "--data_folder", str(data),
+                                 "--save_folder", str(tmp_path / "students"), "--compile"])
+    state = torch.load(f"{result['run_dir']}/resnet8_last.pth", weights_only=True)
+    assert result["last_acc"] == result["last_acc"]
+    assert not [k for k in state["model"] if "_orig_mod" in k]
+    model_dict["resnet8"](num_classes=100).load_state_dict(state["model"], strict=True)
