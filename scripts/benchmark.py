@@ -58,6 +58,13 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
     student = precision.prepare_network(model_dict[args.student](num_classes=n_cls).to(device))
     images = precision.prepare_input(torch.randn(batch, 3, 32, 32, device=device))
     targets = torch.randint(0, n_cls, (batch,), device=device)
+    # An untrained network in eval mode normalises with its initial statistics (mean 0, var 1), so
+    # activations grow through deep residual stacks and feature losses diverge; a few train-mode
+    # passes give the random teacher the feature scale of a trained one.
+    with torch.no_grad():
+        teacher.train()
+        for _ in range(3):
+            teacher(images)
 
     if method_name == BOUND:
         freeze_teacher(teacher)
