@@ -190,7 +190,7 @@ class ContrastMemory(nn.Module):
     picks the sampled entries; ``"auto"`` picks by :meth:`prefers_full`. Both give the same values
     and gradients.
 
-    Differences from the reference, none in the math: no ``.cuda()`` (runs wherever the module is),
+    Differences from the reference, none in the math: no hard-coded CUDA device (runs wherever the module is),
     no ``.item()`` per step (Z is set with ``torch.where`` on the buffer the first time and a Python
     flag skips it afterwards; ``T`` and ``momentum`` are cached from ``params`` on construction and
     on ``load_state_dict``), no print of Z, repeated indices in ``y`` update deterministically (the
