@@ -204,29 +204,30 @@ def _subdirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
+def _student_fields(f: dict) -> tuple:
+    return ("student", f["student"], f["teacher"], f["dataset"], f["distill"], f["gamma"], f["alpha"], f["beta"],
+            f["trial"])
+
+
+def _vanilla_fields(f: dict) -> tuple:
+    return ("vanilla", f["model"], None, None, None, None, None, None, f["trial"])
+
+
 def scan(root: Path | None, vanilla_root: Path | None, notes: list[str] | None = None) -> list[Run]:
     """Every parsable run folder directly under ``root`` (students) and ``vanilla_root``."""
     runs: list[Run] = []
     notes = [] if notes is None else notes
-    for path in _subdirs(root) if root else []:
-        fields = parse_run_name(path.name)
-        if fields is None:
-            continue
-        acc = read_accuracies(path)
-        if acc is None:
-            notes.append(f"no metrics in {path}")
-            continue
-        runs.append(Run(path, "student", fields["student"], fields["teacher"], fields["dataset"], fields["distill"],
-                        fields["gamma"], fields["alpha"], fields["beta"], fields["trial"], *acc))
-    for path in _subdirs(vanilla_root) if vanilla_root else []:
-        fields = parse_vanilla_name(path.name)
-        if fields is None:
-            continue
-        acc = read_accuracies(path)
-        if acc is None:
-            notes.append(f"no metrics in {path}")
-            continue
-        runs.append(Run(path, "vanilla", fields["model"], None, None, None, None, None, None, fields["trial"], *acc))
+    sources = ((root, parse_run_name, _student_fields), (vanilla_root, parse_vanilla_name, _vanilla_fields))
+    for folder, parse, run_fields in sources:
+        for path in _subdirs(folder) if folder else []:
+            fields = parse(path.name)
+            if fields is None:
+                continue
+            acc = read_accuracies(path)
+            if acc is None:
+                notes.append(f"no metrics in {path}")
+                continue
+            runs.append(Run(path, *run_fields(fields), *acc))
     return runs
 
 

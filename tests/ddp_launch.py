@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,3 +82,15 @@ def launch(cmd: list[str], log_dir: Path, timeout: float = TIMEOUT) -> list[dict
 def assert_all_ok(results: list[dict]) -> None:
     for rank, res in enumerate(results):
         assert res["code"] == 0, f"rank {rank} exited with {res['code']}:\n{res['err'][-1500:]}"
+
+
+def run_script_on_ranks(source: str, work_dir: Path, timeout: float = TIMEOUT) -> list[dict]:
+    """Write ``source`` to a file, run it as every rank and require each to exit 0 after printing
+    ``ok <rank>`` (so a rank that skipped its checks cannot pass)."""
+    script = work_dir / "rank_script.py"
+    script.write_text(source)
+    results = launch([sys.executable, str(script)], work_dir, timeout)
+    assert_all_ok(results)
+    for rank, res in enumerate(results):
+        assert f"ok {rank}" in res["out"], res["out"]
+    return results

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ddp_launch import assert_all_ok, launch
+from ddp_launch import run_script_on_ranks
 import torch
 import torch.nn.functional as F
 
@@ -241,12 +240,7 @@ DDP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_queues_stay_identical_across_ranks(tmp_path):
-    script = tmp_path / "rrd_ddp.py"
-    script.write_text(DDP_SCRIPT)
-    results = launch([sys.executable, str(script)], tmp_path)
-    assert_all_ok(results)
-    for rank, res in enumerate(results):
-        assert f"ok {rank}" in res["out"], res["out"]
+    run_script_on_ranks(DDP_SCRIPT, tmp_path)
 
 
 def test_forward_has_no_host_sync():

@@ -30,6 +30,7 @@ import train_student
 from dataset import build_datasets, build_loaders
 from dataset.transforms import Normalize
 from distiller_zoo.registry import METHODS
+from checks import assert_nested_equal
 from fakedata import read_fake_split, write_cifar_split, write_fake_cifar
 from helper.checkpoint import load_checkpoint
 from helper.distill import DistillTask, build_term, run_init_stage
@@ -133,24 +134,6 @@ def usage_error(capsys, argv: list[str]) -> str:
     match = re.search(r"^\S+: error: (.*)", captured.err, re.M | re.S)
     assert match, captured.err
     return match.group(1)
-
-
-def assert_nested_equal(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"tensor {where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}: {set(a) ^ set(b)}"
-        for key in a:
-            assert_nested_equal(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_nested_equal(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def assert_loss_is_weighted_sum(row: dict, gamma: float, alpha: float, beta: float) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import train_teacher
+from checks import assert_nested_equal
 from fakedata import read_fake_split, write_fake_cifar
 from helper import trainer as trainer_mod
 from helper.checkpoint import CheckpointError, load_model_weights, model_name_from_path, save_checkpoint
@@ -80,23 +81,6 @@ def usage_error(capsys, argv: list[str]) -> str:
 def load(path: Path) -> dict:
     # weights_only: our checkpoints must be loadable without unpickling code.
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_nested_equal(a, b, where: str = "") -> None:
-    """Exact equality of nested dicts/lists of tensors and plain values."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"tensor {where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"keys of {where} differ"
-        for key in a:
-            assert_nested_equal(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_nested_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{where}: {a!r} != {b!r}"
 
 
 def independent_eval(weights: dict, data: Path, n: int, arch: str = "resnet8") -> dict:

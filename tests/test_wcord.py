@@ -4,13 +4,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ddp_launch import assert_all_ok, launch
+from ddp_launch import run_script_on_ranks
 import torch
 import torch.nn.functional as F
 
@@ -353,9 +352,4 @@ DDP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_spectral_state_is_identical_across_ranks(tmp_path):
-    script = tmp_path / "wcord_ddp.py"
-    script.write_text(DDP_SCRIPT)
-    results = launch([sys.executable, str(script)], tmp_path)
-    assert_all_ok(results)
-    for rank, res in enumerate(results):
-        assert f"ok {rank}" in res["out"], res["out"]
+    run_script_on_ranks(DDP_SCRIPT, tmp_path)
