@@ -2,8 +2,11 @@
 
     python train_student.py --path_t save/models/resnet32x4_vanilla/ckpt_epoch_240.pth \
         --model_s resnet8x4 --distill kd -r 0.1 -a 0.9 -b 0 --trial 1
+    torchrun --nproc_per_node 8 train_student.py --dataset imagenet --data_folder /data/imagenet \
+        --path_t resnet34-b627a593.pth --model_s imagenet_resnet18 --distill crd
 
-``-r/-a/-b`` default to the method's paper weights (``distiller_zoo/registry.py``).
+``-r/-a/-b`` default to the method's paper weights (``distiller_zoo/registry.py``), the schedule
+to the recipe of ``--dataset`` (``helper/options.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from helper.checkpoint import CheckpointError, check_same_run, load_model_weight
 from helper.distill import DistillTask, build_term, run_init_stage
 from helper.distributed import init_distributed
 from helper.loops import evaluate
-from helper.options import add_training_args, check_device_options, default_learning_rate
+from helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
 from helper.precision import Precision
 from helper.trainer import prepare_run, run_training
 from models import model_dict
@@ -31,7 +34,8 @@ from models import model_dict
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Distil a teacher into a student.")
     g = parser.add_argument_group("distillation (reference flags)")
-    g.add_argument("--path_t", required=True, help="teacher checkpoint ({'model': state_dict, ...})")
+    g.add_argument("--path_t", required=True,
+                   help="teacher weights: a checkpoint ({'model': state_dict, ...}) or a torchvision weight file")
     g.add_argument("--model_s", default="resnet8", help=f"student architecture: {', '.join(model_dict)}")
     g.add_argument("--distill", default="kd", choices=list(METHODS))
     g.add_argument("-t", "--trial", default="1", help="the experiment id")
@@ -46,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nce_k", type=int, default=16384, help="negatives per anchor (contrastive methods)")
     g.add_argument("--nce_t", type=float, default=0.07, help="temperature (contrastive methods)")
     g.add_argument("--nce_m", type=float, default=0.5, help="memory momentum (contrastive methods)")
-    g.add_argument("--model_t", default=None, help="teacher architecture (default: read from --path_t's folder)")
+    g.add_argument("--model_t", default=None,
+                   help="teacher architecture (default: read from --path_t: its folder, <model>_vanilla/, or a "
+                        "torchvision file name, resnet34-<hash>.pth -> imagenet_resnet34)")
 
     g = parser.add_argument_group("contrastive methods (this project's additions)")
     g.add_argument("--crd_memory", default="bank", choices=["bank", "queue"],
@@ -75,12 +81,13 @@ def run_name(opt: argparse.Namespace) -> str:
 
 def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
                     require_teacher_file: bool = True) -> argparse.Namespace:
-    """Fill in the teacher name, paper weights and learning rate; refuse impossible flags.
+    """Fill in the teacher name, paper weights and the dataset's recipe (``helper/options.py``);
+    refuse impossible flags.
     ``require_teacher_file=False`` serves tools that build the networks without loading weights."""
     if opt.model_s not in model_dict:
         parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
     if require_teacher_file and not Path(opt.path_t).is_file():
-        parser.error(f"--path_t {opt.path_t}: the teacher checkpoint does not exist")
+        parser.error(f"--path_t {opt.path_t}: the teacher weight file does not exist")
     try:
         opt.model_t = opt.model_t or model_name_from_path(opt.path_t, model_dict)
     except CheckpointError as err:
@@ -91,14 +98,12 @@ def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
     opt.gamma = gamma if opt.gamma is None else opt.gamma
     opt.alpha = alpha if opt.alpha is None else opt.alpha
     opt.beta = beta if opt.beta is None else opt.beta
-    if opt.learning_rate is None:
-        opt.learning_rate = default_learning_rate(opt.model_s)
-    return opt
+    return resolve_training_defaults(opt, opt.model_s)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
-    opt = resolve_options(parser, parser.parse_args(argv))
+    opt = resolve_options(parser, parse_training_args(parser, argv))
     method = METHODS[opt.distill]
     try:
         env = init_distributed(opt.device)

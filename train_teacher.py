@@ -17,7 +17,7 @@ from dataset import DataError
 from dataset.transforms import Normalize
 from helper.checkpoint import CheckpointError, check_same_run
 from helper.distributed import init_distributed
-from helper.options import add_training_args, check_device_options, default_learning_rate
+from helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
 from helper.precision import Precision
 from helper.trainer import ClassificationTask, prepare_run, run_training
 from models import model_dict
@@ -38,11 +38,10 @@ def run_name(model: str, trial: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
-    opt = parser.parse_args(argv)
+    opt = parse_training_args(parser, argv)
     if opt.model not in model_dict:
         parser.error(f"unknown --model {opt.model!r}; choose one of: {', '.join(model_dict)}")
-    if opt.learning_rate is None:
-        opt.learning_rate = default_learning_rate(opt.model)
+    resolve_training_defaults(opt, opt.model)
     try:
         env = init_distributed(opt.device)
         check_device_options(opt, env.device.type, env.distributed)

@@ -9,6 +9,8 @@ from torchvision import datasets, transforms
 from .base import DataError, ViewDataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
+IMAGENET_SIZE = 224  # the standard crop: training crops and test centre crops are this square
+
 
 def _train_transform(size: int) -> transforms.Compose:
     return transforms.Compose(
@@ -30,13 +32,15 @@ class ImageFolderBatched(ViewDataset):
         root: the split folder (``.../train`` or ``.../val``), one sub-folder per class.
         train: random-resized-crop + flip, or resize + centre crop.
         image_size: side of the crop (224 for ImageNet).
+        limit: keep ``limit`` images evenly spaced over the folder (sorted by class, so every class
+            keeps its share): quick runs.
     """
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(
         self, root: str | Path, train: bool = True, view: str = "plain", k: int = 16384,
-        mode: str = "exact", percent: float = 1.0, image_size: int = 224,
+        mode: str = "exact", percent: float = 1.0, image_size: int = IMAGENET_SIZE, limit: int | None = None,
     ) -> None:
         super().__init__(view, k, mode, percent)
         root = Path(root)
@@ -47,6 +51,13 @@ class ImageFolderBatched(ViewDataset):
             self.folder = datasets.ImageFolder(str(root), transform=transform)
         except (FileNotFoundError, RuntimeError) as err:
             raise DataError(f"{root} is not a usable image folder: {err}") from err
+        if limit is not None and limit < len(self.folder.samples):
+            # ImageFolder lists the images class by class: the first N would be a few classes only.
+            n = len(self.folder.samples)
+            keep = [i * n // limit for i in range(limit)]
+            self.folder.samples = [self.folder.samples[i] for i in keep]
+            self.folder.imgs = self.folder.samples
+            self.folder.targets = [s[1] for s in self.folder.samples]
         self.labels = torch.as_tensor(self.folder.targets, dtype=torch.long)
         self.classes = self.folder.classes
         self.num_classes = len(self.classes)
@@ -57,16 +68,19 @@ class ImageFolderBatched(ViewDataset):
         return images, self.labels[index]
 
 
-def imagenet_splits(data_folder: str | Path, **kwargs) -> tuple[ImageFolderBatched, ImageFolderBatched]:
-    """``(train, val)`` datasets from ``data_folder/train`` and ``data_folder/val``; the training
-    view options in ``kwargs`` apply to the training split only."""
+def imagenet_splits(
+    data_folder: str | Path, image_size: int = IMAGENET_SIZE, train_limit: int | None = None,
+    test_limit: int | None = None, **kwargs,
+) -> tuple[ImageFolderBatched, ImageFolderBatched]:
+    """``(train, val)`` datasets from ``data_folder/train`` and ``data_folder/val`` (only
+    ``train_limit`` / ``test_limit`` images of them, if given); the training view options in
+    ``kwargs`` apply to the training split only."""
     root = Path(data_folder)
-    size = kwargs.pop("image_size", 224)
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"{root} must contain 'train' and 'val' folders (ImageFolder layout); '{split}' is missing")
-    train = ImageFolderBatched(root / "train", train=True, image_size=size, **kwargs)
-    val = ImageFolderBatched(root / "val", train=False, image_size=size)
+    train = ImageFolderBatched(root / "train", train=True, image_size=image_size, limit=train_limit, **kwargs)
+    val = ImageFolderBatched(root / "val", train=False, image_size=image_size, limit=test_limit)
     if val.classes != train.classes:
         raise DataError(f"{root}: the class folders of 'train' and 'val' differ")
     return train, val

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .base import ViewDataset, collate_batch
 from .cifar100 import CIFAR100Batched
-from .imagenet import imagenet_splits
+from .imagenet import IMAGENET_SIZE, imagenet_splits
 
 
 class ShardSampler(Sampler[int]):
@@ -39,14 +39,20 @@ class DataSpec:
 def build_datasets(
     dataset: str, data_folder: str | Path, view: str = "plain", k: int = 16384, mode: str = "exact",
     percent: float = 1.0, train_limit: int | None = None, test_limit: int | None = None,
+    image_size: int | None = None,
 ) -> tuple[ViewDataset, ViewDataset]:
-    """``(train, test)`` datasets of ``'cifar100'`` or ``'imagenet'`` with the given training view."""
+    """``(train, test)`` datasets of ``'cifar100'`` or ``'imagenet'`` with the given training view;
+    ``image_size`` is the ImageNet crop (default 224); CIFAR-100 images are 32x32 and stay so."""
     view_args = dict(view=view, k=k, mode=mode, percent=percent)
     if dataset == "cifar100":
+        if image_size not in (None, 32):
+            raise ValueError(f"--image_size {image_size}: CIFAR-100 images are 32x32; --image_size is for "
+                             "--dataset imagenet")
         train = CIFAR100Batched(data_folder, train=True, limit=train_limit, **view_args)
         test = CIFAR100Batched(data_folder, train=False, limit=test_limit)
     elif dataset == "imagenet":
-        train, test = imagenet_splits(data_folder, **view_args)
+        train, test = imagenet_splits(data_folder, image_size=image_size or IMAGENET_SIZE, train_limit=train_limit,
+                                      test_limit=test_limit, **view_args)
     else:
         raise ValueError(f"unknown dataset {dataset!r}: choose cifar100 or imagenet")
     return train, test
