@@ -181,6 +181,13 @@ def _build_abound(ctx: BuildContext) -> nn.Module:
 
 
 def _build_factor(ctx: BuildContext) -> nn.Module:
+    for network, shape in (("student", ctx.s_shapes[-2]), ("teacher", ctx.t_shapes[-2])):
+        if shape[2] * shape[3] == 1:
+            # FT compares normalised spatial maps: a single position gives the constant 1 on both sides.
+            raise ValueError(
+                f"factor (FT) compares spatial maps, but the {network}'s last map is 1x1 ({tuple(shape)}), which "
+                "makes its loss constant; use larger inputs (ImageNet ResNets: --image_size 64 or more)"
+            )
     paraphraser = Paraphraser(ctx.t_shapes[-2])
     return FeatureTerm(_last_map, FactorTransfer(), adapt_s=Translator(ctx.s_shapes[-2], ctx.t_shapes[-2]),
                        adapt_t=ParaphraserFactor(paraphraser))
