@@ -1,10 +1,12 @@
-"""Small synthetic datasets on disk for tests (importable as ``from fakedata import write_fake_cifar``)."""
+"""Small synthetic datasets on disk for tests (importable as ``from fakedata import write_fake_cifar``):
+CIFAR-100 pickles and ImageFolder trees."""
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 CIFAR_CLASSES = 100
 
@@ -57,3 +59,18 @@ def read_fake_split(root: Path, train: bool) -> tuple[np.ndarray, list[int]]:
     with open(Path(root) / "cifar-100-python" / ("train" if train else "test"), "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     return entry["data"], list(entry["fine_labels"])
+
+
+def make_image_tree(root: Path, splits: dict[str, dict[str, int]], seed: int = 0,
+                    sizes=((40, 50), (50, 40))) -> Path:
+    """Write ``root/<split>/<class>/img<i>.png`` (random RGB PNGs), ``splits[split][class]`` images
+    per class, image ``i`` of size ``sizes[i % len(sizes)]`` as (width, height); return ``root``."""
+    rng = np.random.default_rng(seed)
+    for split, classes in splits.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = sizes[i % len(sizes)]
+                image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(image).save(root / split / cls / f"img{i}.png")
+    return root

@@ -18,7 +18,7 @@ import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from fakedata import read_fake_split, write_cifar_split, write_fake_cifar
+from fakedata import make_image_tree, read_fake_split, write_cifar_split, write_fake_cifar
 
 import dataset.sampling as sampling
 from dataset import (
@@ -114,23 +114,6 @@ def fake_raw(fake_root):
 @pytest.fixture(scope="module")
 def real_train(shared_data):
     return read_cifar100(shared_data, train=True)
-
-
-def _png(path: Path, size: tuple[int, int], rng: np.random.Generator) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w, h = size
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-
-
-def make_image_tree(root: Path, splits: dict[str, dict[str, int]], seed: int = 0,
-                    sizes=((40, 50), (50, 40))) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, classes in splits.items():
-        for cls, n in classes.items():
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                _png(root / split / cls / f"img{i}.png", sizes[i % len(sizes)], rng)
-    return root
 
 
 TREE_CLASSES = ("ant", "bee", "cat")  # sorted: ImageFolder's class order
