@@ -43,28 +43,74 @@ def ensure_cifar100(data_folder: str | Path) -> Path:
     return folder
 
 
-def read_cifar100(data_folder: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, 3, 32, 32) and int64 fine labels, checked for shape and range."""
-    path = ensure_cifar100(data_folder) / ("train" if train else "test")
+def read_cifar_pickle(path: str | Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split file of a CIFAR python archive (CIFAR-100 ``train``/``test`` with ``fine_labels``,
+    CIFAR-10 ``data_batch_<i>``/``test_batch`` with ``labels``): uint8 images (N, 3, 32, 32) and int64
+    labels, checked for shape and range."""
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
         images = torch.as_tensor(entry["data"])
-        labels = torch.as_tensor(entry["fine_labels"], dtype=torch.long)
+        labels = torch.as_tensor(entry[label_key], dtype=torch.long)
     except Exception as err:
-        raise DataError(f"cannot read {path} as a CIFAR-100 pickle ({type(err).__name__}: {err})") from err
+        raise DataError(
+            f"cannot read {path} as a CIFAR pickle with {label_key!r} ({type(err).__name__}: {err})"
+        ) from err
     if images.dtype != torch.uint8 or images.ndim != 2 or images.shape[1] != 3 * _SIDE * _SIDE:
         raise DataError(f"{path}: expected uint8 data of shape (N, 3072), got {images.dtype} {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
         raise DataError(f"{path}: {images.shape[0]} images but {labels.numel()} labels (shape {tuple(labels.shape)})")
     if images.shape[0] == 0:
         raise DataError(f"{path} holds no images")
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise DataError(f"{path}: labels must lie in [0, {NUM_CLASSES}), found [{labels.min()}, {labels.max()}]")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"{path}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]")
     return images.view(-1, 3, _SIDE, _SIDE), labels
 
 
-class CIFAR100Batched(ViewDataset):
+def read_cifar100(data_folder: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 3, 32, 32) and int64 fine labels, checked for shape and range."""
+    path = ensure_cifar100(data_folder) / ("train" if train else "test")
+    return read_cifar_pickle(path, "fine_labels", NUM_CLASSES)
+
+
+class InMemoryBatched(ViewDataset):
+    """uint8 images (N, 3, H, W) held in memory, with CIFAR's training augmentation (random crop
+    with zero padding, horizontal flip) done per batch; test splits are returned as they are.
+
+    The crop and flip of sample i in epoch e depend only on (seed, e, i) (see :meth:`set_epoch`), so
+    augmentation is the same whatever the number of workers or processes, and a resumed run
+    replays it exactly.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, train: bool = True, view: str = "plain",
+        k: int = 16384, mode: str = "exact", percent: float = 1.0, num_classes: int | None = None,
+        mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, padding: int = 4,
+    ) -> None:
+        super().__init__(view, k, mode, percent)
+        self.images, self.labels, self.train, self.padding = images, labels, train, padding
+        # Subclasses may fix these as class attributes (CIFAR-100).
+        if num_classes is not None:
+            self.num_classes = num_classes
+        if mean is not None and std is not None:
+            self.mean, self.std = mean, std
+        self._augment_params: torch.Tensor | None = None
+        self._finish_init()
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Fix the augmentation of every sample for this epoch."""
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        self._augment_params = draw_crop_flip(len(self), padding=self.padding, generator=generator)
+
+    def load_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.images[index]
+        if self.train:
+            params = None if self._augment_params is None else self._augment_params[index]
+            images = random_crop_flip(images, padding=self.padding, params=params)
+        return images, self.labels[index]
+
+
+class CIFAR100Batched(InMemoryBatched):
     """CIFAR-100 with the reference's train augmentation (crop 32 pad 4, flip) done per batch.
 
     Args:
@@ -74,9 +120,7 @@ class CIFAR100Batched(ViewDataset):
         k, mode, percent: contrastive sampling, for ``view='sample'``.
         limit: keep only the first ``limit`` images (the train order is already shuffled): quick runs.
 
-    The crop and flip of sample i in epoch e depend only on (seed, e, i) (see :meth:`set_epoch`), so
-    augmentation is the same whatever the number of workers or processes, and a resumed run
-    replays it exactly.
+    Augmentation is epoch-indexed (see :class:`InMemoryBatched`).
     """
 
     mean, std = CIFAR100_MEAN, CIFAR100_STD
@@ -92,25 +136,10 @@ class CIFAR100Batched(ViewDataset):
         percent: float = 1.0,
         limit: int | None = None,
     ) -> None:
-        super().__init__(view, k, mode, percent)
         images, labels = read_cifar100(data_folder, train)
         if limit is not None:
             images, labels = images[:limit].clone(), labels[:limit].clone()
-        self.images, self.labels, self.train = images, labels, train
-        self._augment_params: torch.Tensor | None = None
-        self._finish_init()
-
-    def set_epoch(self, epoch: int, seed: int = 0) -> None:
-        """Fix the augmentation of every sample for this epoch."""
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        self._augment_params = draw_crop_flip(len(self), padding=4, generator=generator)
-
-    def load_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.images[index]
-        if self.train:
-            params = None if self._augment_params is None else self._augment_params[index]
-            images = random_crop_flip(images, padding=4, params=params)
-        return images, self.labels[index]
+        super().__init__(images, labels, train, view, k, mode, percent)
 
 
 def CIFAR100Instance(data_folder: str | Path = "./data", train: bool = True, **kwargs) -> CIFAR100Batched:
