@@ -3,6 +3,7 @@
 
     python scripts/collect_results.py                       # Markdown, last-epoch and best accuracy
     python scripts/collect_results.py --metric last --format csv --output results.csv
+    python scripts/collect_results.py --out_dir results --plots results/plots  # files + figures
 
 Reads every run folder directly under ``--root`` (``train_student.py``'s
 ``S:<student>_T:<teacher>_<dataset>_<distill>_r:<r>_a:<a>_b:<b>_<trial>``) and the vanilla runs
@@ -14,9 +15,14 @@ Runs are grouped by (teacher, student, method label). The label is the paper's n
 ``--distill`` (kd -> KD, hint -> FitNet, ...), with ``+KD`` appended when ``-a`` > 0 for a method
 whose paper weights have ``-a 0`` (``crd -a 1`` -> ``CRD+KD``). Each cell is
 ``mean±std (n)`` over the trials (sample standard deviation; 0 for one trial), next to the published
-value and the difference measured - published; ``–`` marks a missing cell.
+value and the difference measured - published; ``–`` marks a missing cell. Teacher/student pairs
+that are in neither table (e.g. a CPU experiment's resnet20 -> resnet8) get an "Other pairs" table
+with the rows found.
 
-Pure standard library: it runs anywhere, without torch. The published numbers are embedded below.
+The tables need only the standard library: they render anywhere, without torch. ``--plots`` draws
+learning curves and gains over the vanilla student with matplotlib (imported only then). Other
+scripts can call :func:`collect_accuracies` and :func:`render_pairs`. The published numbers are
+embedded below.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 MISSING = "–"
 
@@ -48,6 +54,8 @@ TABLES = {
     "Table 1: same-family teacher/student": TABLE1_PAIRS,
     "Table 2: cross-family teacher/student": TABLE2_PAIRS,
 }
+
+OTHER_TITLE = "Other pairs: teacher/student pairs not in Tables 1 and 2"
 
 # Rows, in the papers' order.
 ROWS = ["Teacher", "Student", "KD", "FitNet", "AT", "SP", "CC", "VID", "RKD", "PKT", "AB", "FT", "FSP", "NST",
@@ -141,6 +149,7 @@ class Run:
     last_epoch: int
     last: float
     best: float
+    curve: tuple[tuple[int, float], ...] = ()  # (epoch, test_acc), by epoch
 
     def value(self, metric: str) -> float:
         return self.last if metric == "last" else self.best
@@ -177,12 +186,12 @@ def parse_vanilla_name(name: str) -> dict | None:
     return {"model": m["model"], "trial": m["trial"] or "0"}
 
 
-def read_accuracies(run_dir: Path) -> tuple[int, float, float] | None:
-    """(last epoch, its test_acc, best test_acc) from ``metrics.jsonl``; None when there is no
-    complete row. Unreadable lines (a run killed mid-write) are ignored."""
+def read_curve(run_dir: Path) -> dict[int, float]:
+    """``{epoch: test_acc}`` from ``metrics.jsonl`` (empty when there is no complete row).
+    Unreadable lines (a run killed mid-write) are ignored."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        return None
+        return {}
     by_epoch: dict[int, float] = {}
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -194,8 +203,17 @@ def read_accuracies(run_dir: Path) -> tuple[int, float, float] | None:
             continue
         if math.isfinite(acc):
             by_epoch[epoch] = acc  # a later row of the same epoch wins
-    if not by_epoch:
-        return None
+    return dict(sorted(by_epoch.items()))
+
+
+def read_accuracies(run_dir: Path) -> tuple[int, float, float] | None:
+    """(last epoch, its test_acc, best test_acc) from ``metrics.jsonl``; None when there is no
+    complete row."""
+    by_epoch = read_curve(run_dir)
+    return _summary(by_epoch) if by_epoch else None
+
+
+def _summary(by_epoch: dict[int, float]) -> tuple[int, float, float]:
     last_epoch = max(by_epoch)
     return last_epoch, by_epoch[last_epoch], max(by_epoch.values())
 
@@ -223,11 +241,11 @@ def scan(root: Path | None, vanilla_root: Path | None, notes: list[str] | None =
             fields = parse(path.name)
             if fields is None:
                 continue
-            acc = read_accuracies(path)
-            if acc is None:
+            curve = read_curve(path)
+            if not curve:
                 notes.append(f"no metrics in {path}")
                 continue
-            runs.append(Run(path, *run_fields(fields), *acc))
+            runs.append(Run(path, *run_fields(fields), *_summary(curve), tuple(curve.items())))
     return runs
 
 
@@ -251,12 +269,14 @@ class Cell:
         return f"{self.mean:.2f}±{self.std:.2f} ({self.n})"
 
 
-def group(runs: Iterable[Run], metric: str, dataset: str = "cifar100", min_epochs: int = 0,
-          notes: list[str] | None = None) -> dict[tuple[str, str, str], Cell]:
-    """Cells keyed by (teacher, student, label): distillation runs by their label, and the vanilla runs
-    as the Teacher and Student rows of every table column that names their model."""
-    notes = [] if notes is None else notes
-    members: dict[tuple[str, str, str], list[Run]] = {}
+Key = tuple[str, str, str]  # (teacher, student, row label)
+
+
+def group_runs(runs: Iterable[Run], dataset: str = "cifar100", min_epochs: int = 0) -> dict[Key, list[Run]]:
+    """Runs keyed by (teacher, student, label), each list in trial order: distillation runs by their
+    label, and the vanilla runs as the Teacher and Student rows of every pair of the tables and every
+    pair distilled in ``runs``."""
+    members: dict[Key, list[Run]] = {}
     vanilla: dict[str, list[Run]] = {}
     for run in runs:
         if run.last_epoch < min_epochs:
@@ -266,19 +286,26 @@ def group(runs: Iterable[Run], metric: str, dataset: str = "cifar100", min_epoch
         elif run.dataset == dataset:
             key = (run.model_t, run.model_s, method_label(run.distill, run.alpha))
             members.setdefault(key, []).append(run)
-    for pairs in TABLES.values():
-        for teacher, student in pairs:
-            for label, model in (("Teacher", teacher), ("Student", student)):
-                if model in vanilla:
-                    members[(teacher, student, label)] = vanilla[model]
+    distilled = sorted({(teacher, student) for teacher, student, _ in members})
+    for teacher, student in dict.fromkeys(TABLE1_PAIRS + TABLE2_PAIRS + distilled):
+        for label, model in (("Teacher", teacher), ("Student", student)):
+            if model in vanilla:
+                members[(teacher, student, label)] = vanilla[model]
+    return {key: sorted(found, key=lambda r: r.trial) for key, found in members.items()}
+
+
+def group(runs: Iterable[Run], metric: str, dataset: str = "cifar100", min_epochs: int = 0,
+          notes: list[str] | None = None) -> dict[Key, Cell]:
+    """Cells keyed by (teacher, student, label), from :func:`group_runs`."""
+    notes = [] if notes is None else notes
     cells = {}
-    for key, group_runs in members.items():
-        cells[key] = Cell(tuple(r.value(metric) for r in sorted(group_runs, key=lambda r: r.trial)))
+    for key, members in group_runs(runs, dataset, min_epochs).items():
+        cells[key] = Cell(tuple(r.value(metric) for r in members))
         where = f"{key[2]} {key[0]}->{key[1]}"
-        weights = sorted({(r.gamma, r.alpha, r.beta) for r in group_runs if r.kind == "student"})
+        weights = sorted({(r.gamma, r.alpha, r.beta) for r in members if r.kind == "student"})
         if len(weights) > 1:
             notes.append(f"{where}: runs with different weights (-r, -a, -b) averaged together: {weights}")
-        epochs = sorted({r.last_epoch for r in group_runs})
+        epochs = sorted({r.last_epoch for r in members})
         if len(epochs) > 1:
             notes.append(f"{where}: runs end at different epochs {epochs}")
     return cells
@@ -289,10 +316,32 @@ def fmt_diff(measured: float, published: float) -> str:
     return f"{d:+.2f}" if d != 0 else "+0.00"
 
 
-def table_rows(cells: dict[tuple[str, str, str], Cell], pairs: Sequence[tuple[str, str]]) -> list[str]:
+def table_rows(cells: dict[Key, Cell], pairs: Sequence[tuple[str, str]]) -> list[str]:
     """The paper's rows, then any other label measured on these pairs (e.g. FitNet+KD), sorted."""
-    extra = sorted({label for (t, s, label) in cells if (t, s) in pairs and label not in ROWS})
-    return ROWS + extra
+    return ROWS + [label for label in found_rows(cells, pairs) if label not in ROWS]
+
+
+def found_rows(cells: Mapping[Key, object], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Teacher and Student, then the labels measured on these pairs: the papers' rows in their order,
+    then any other label, sorted."""
+    found = {label for (t, s, label) in cells if (t, s) in pairs}
+    return ["Teacher", "Student"] + [r for r in ROWS[2:] if r in found] + sorted(found - set(ROWS))
+
+
+def method_labels(cells: Mapping[Key, object], pair: tuple[str, str]) -> list[str]:
+    """The distillation labels measured on one pair, in the tables' row order."""
+    return found_rows(cells, [pair])[2:]
+
+
+def distilled_pairs(cells: Mapping[Key, object]) -> list[tuple[str, str]]:
+    """Pairs with distillation runs (not only Teacher/Student rows), sorted."""
+    return sorted({(t, s) for (t, s, label) in cells if label not in ("Teacher", "Student")})
+
+
+def other_pairs(cells: Mapping[Key, object]) -> list[tuple[str, str]]:
+    """Pairs with distillation runs that are in neither published table, sorted."""
+    in_tables = set(TABLE1_PAIRS + TABLE2_PAIRS)
+    return [pair for pair in distilled_pairs(cells) if pair not in in_tables]
 
 
 def pair_name(pair: tuple[str, str]) -> str:
@@ -302,29 +351,51 @@ def pair_name(pair: tuple[str, str]) -> str:
 METRIC_TITLES = {"last": "last-epoch test accuracy (%)", "best": "best-epoch test accuracy (%)"}
 
 
+@dataclass(frozen=True)
+class TableSpec:
+    number: str  # the CSV's "table" field: 1, 2 or other
+    title: str
+    pairs: list[tuple[str, str]]
+    rows: list[str]
+
+
+def table_specs(cells: dict[Key, Cell]) -> list[TableSpec]:
+    """Tables 1 and 2 with all the papers' rows, then, when there are any, the other pairs with the
+    rows found."""
+    specs = [TableSpec(str(number), title, pairs, table_rows(cells, pairs))
+             for number, (title, pairs) in enumerate(TABLES.items(), start=1)]
+    others = other_pairs(cells)
+    if others:
+        specs.append(TableSpec("other", OTHER_TITLE, others, found_rows(cells, others)))
+    return specs
+
+
+def markdown_table(title: str, cells: Mapping[Key, Cell], pairs: Sequence[tuple[str, str]],
+                   rows: Sequence[str]) -> list[str]:
+    """One ``### title`` table: a row per label, three columns per pair (measured, paper, Δ)."""
+    header = ["method"]
+    for pair in pairs:
+        header += [pair_name(pair), "paper", "Δ"]
+    out = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" + "---:|---:|---:|" * len(pairs)]
+    for label in rows:
+        row = [label]
+        for teacher, student in pairs:
+            cell = cells.get((teacher, student, label))
+            published = PUBLISHED.get((teacher, student, label))
+            row.append(cell.text() if cell else MISSING)
+            row.append(f"{published:.2f}" if published is not None else MISSING)
+            row.append(fmt_diff(cell.mean, published) if cell and published is not None else MISSING)
+        out.append("| " + " | ".join(row) + " |")
+    return out + [""]
+
+
 def render_markdown(cells_by_metric: dict[str, dict], metrics: Sequence[str]) -> str:
     out = ["Cells: measured mean±std (trials) | published (last epoch) | measured − published; "
            f"{MISSING} = no runs / not published.", ""]
     for metric in metrics:
         cells = cells_by_metric[metric]
-        for title, pairs in TABLES.items():
-            out.append(f"### {title}, {METRIC_TITLES[metric]}")
-            out.append("")
-            header = ["method"]
-            for pair in pairs:
-                header += [pair_name(pair), "paper", "Δ"]
-            out.append("| " + " | ".join(header) + " |")
-            out.append("|" + "---|" + "---:|---:|---:|" * len(pairs))
-            for label in table_rows(cells, pairs):
-                row = [label]
-                for teacher, student in pairs:
-                    cell = cells.get((teacher, student, label))
-                    published = PUBLISHED.get((teacher, student, label))
-                    row.append(cell.text() if cell else MISSING)
-                    row.append(f"{published:.2f}" if published is not None else MISSING)
-                    row.append(fmt_diff(cell.mean, published) if cell and published is not None else MISSING)
-                out.append("| " + " | ".join(row) + " |")
-            out.append("")
+        for spec in table_specs(cells):
+            out += markdown_table(f"{spec.title}, {METRIC_TITLES[metric]}", cells, spec.pairs, spec.rows)
     return "\n".join(out)
 
 
@@ -338,18 +409,166 @@ def render_csv(cells_by_metric: dict[str, dict], metrics: Sequence[str]) -> str:
     writer.writerow(CSV_FIELDS)
     for metric in metrics:
         cells = cells_by_metric[metric]
-        for number, pairs in enumerate(TABLES.values(), start=1):
-            for label in table_rows(cells, pairs):
-                for teacher, student in pairs:
+        for spec in table_specs(cells):
+            for label in spec.rows:
+                for teacher, student in spec.pairs:
                     cell = cells.get((teacher, student, label))
                     published = PUBLISHED.get((teacher, student, label))
                     writer.writerow([
-                        metric, number, label, teacher, student,
+                        metric, spec.number, label, teacher, student,
                         f"{cell.mean:.4f}" if cell else "", f"{cell.std:.4f}" if cell else "", cell.n if cell else 0,
                         f"{published:.2f}" if published is not None else "",
                         f"{cell.mean - published:.4f}" if cell and published is not None else "",
                     ])
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# for other scripts
+
+
+def collect_accuracies(root: str | Path | None, vanilla_root: str | Path | None = None, metric: str = "last",
+                       dataset: str = "cifar100", min_epochs: int = 0) -> dict[Key, list[float]]:
+    """Per (teacher, student, label), the accuracies of the runs, one per trial in trial order.
+
+    ``root`` holds ``train_student.py`` run folders, ``vanilla_root`` ``train_teacher.py`` ones (they
+    become the Teacher and Student rows of every pair that names their model). ``metric`` is
+    ``last`` (last-epoch test accuracy) or ``best``. Labels as in the tables (KD, CRD+KD, ...).
+    """
+    if metric not in METRIC_TITLES:
+        raise ValueError(f"metric must be one of {sorted(METRIC_TITLES)}, got {metric!r}")
+    runs = scan(Path(root) if root else None, Path(vanilla_root) if vanilla_root else None)
+    return {key: list(cell.values) for key, cell in group(runs, metric, dataset, min_epochs).items()}
+
+
+def render_pairs(accuracies: Mapping[Key, Sequence[float]], pairs: Sequence[tuple[str, str]] | None = None,
+                 title: str = "Measured test accuracy (%)") -> str:
+    """A Markdown table of ``mean±std (n)`` cells for any teacher/student pairs (default: every pair
+    with distillation runs in ``accuracies``, sorted): rows Teacher, Student and the labels found; the
+    paper and Δ columns are filled where the pair is in the published tables, ``–`` elsewhere."""
+    cells = {key: Cell(tuple(values)) for key, values in accuracies.items() if len(values)}
+    pairs = list(pairs) if pairs is not None else distilled_pairs(cells)
+    return "\n".join(markdown_table(title, cells, pairs, found_rows(cells, pairs)))
+
+
+# ---------------------------------------------------------------------------------------------
+# plots (matplotlib, imported only when asked for)
+
+CURVE_STUDENT = "Student (vanilla)"
+CURVE_TEACHER = "Teacher (final)"
+PUBLISHED_GAIN = "published gain"
+
+
+class PlotError(RuntimeError):
+    """Plots cannot be drawn (matplotlib missing)."""
+
+
+def new_figure(width: float, height: float):
+    """An empty matplotlib Figure on the Agg canvas (no pyplot, so no global state to clean up);
+    scripts/plot_corr.py draws on it too."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise PlotError("plots need matplotlib: pip install 'matplotlib>=3.5'") from err
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def curve_stats(runs: Sequence[Run]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Epochs, and per epoch the mean, min and max test accuracy over the runs that logged it."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for epoch, acc in run.curve:
+            by_epoch.setdefault(epoch, []).append(acc)
+    epochs = sorted(by_epoch)
+    return (epochs, [statistics.mean(by_epoch[e]) for e in epochs], [min(by_epoch[e]) for e in epochs],
+            [max(by_epoch[e]) for e in epochs])
+
+
+def plot_curves(groups: Mapping[Key, Sequence[Run]], pair: tuple[str, str]):
+    """Test accuracy vs epoch on one pair: a line per method (mean over trials, min-max band), the
+    vanilla student's curve (dashed) and the teacher's mean final accuracy (dotted)."""
+    fig = new_figure(7, 4.5)
+    ax = fig.add_subplot()
+    for label in method_labels(groups, pair):
+        runs = groups[(*pair, label)]
+        epochs, mean, low, high = curve_stats(runs)
+        (line,) = ax.plot(epochs, mean, label=f"{label} ({len(runs)})")
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    student = groups.get((*pair, "Student"))
+    if student:
+        epochs, mean, low, high = curve_stats(student)
+        ax.plot(epochs, mean, color="black", linestyle="--", label=f"{CURVE_STUDENT} ({len(student)})")
+        ax.fill_between(epochs, low, high, color="black", alpha=0.1, linewidth=0)
+    teacher = groups.get((*pair, "Teacher"))
+    if teacher:
+        ax.axhline(statistics.mean(r.last for r in teacher), color="black", linestyle=":",
+                   label=f"{CURVE_TEACHER} ({len(teacher)})")
+    ax.set(title=f"{pair_name(pair)}: test accuracy\n(mean over trials, band: min-max; legend: trials)",
+           xlabel="epoch", ylabel="top-1 accuracy (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_gains(groups: Mapping[Key, Sequence[Run]], pair: tuple[str, str]):
+    """Each method's last-epoch gain over the vanilla student on one pair (bars: mean, error bars:
+    std over trials), with the published gain (method - student in the paper) as a black mark."""
+    student = groups[(*pair, "Student")]
+    base = statistics.mean(r.last for r in student)
+    labels = method_labels(groups, pair)
+    cells = [Cell(tuple(r.last for r in groups[(*pair, label)])) for label in labels]
+    x = list(range(len(labels)))
+    fig = new_figure(max(5.0, 0.8 * len(labels) + 2), 4.5)
+    ax = fig.add_subplot()
+    # grey error bars, so that the black published marks stand out
+    ax.bar(x, [c.mean - base for c in cells], yerr=[c.std for c in cells], capsize=3, color="tab:blue",
+           ecolor="0.45", label="measured (mean, ± std)")
+    paper_student = PUBLISHED.get((*pair, "Student"))
+    published = [PUBLISHED[(*pair, label)] - paper_student
+                 if paper_student is not None and (*pair, label) in PUBLISHED else math.nan for label in labels]
+    if not all(math.isnan(g) for g in published):
+        ax.plot(x, published, linestyle="none", marker="_", markersize=28, markeredgewidth=3, color="black",
+                label=PUBLISHED_GAIN)
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xticks(x, [f"{label}\n({c.n})" for label, c in zip(labels, cells)])
+    ax.set(title=f"{pair_name(pair)}: gain over the vanilla student\n(student {base:.2f}%, trials: "
+                 f"{len(student)}; method trials under the names)", ylabel="last-epoch top-1 gain (points)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def make_figures(runs: Iterable[Run], dataset: str = "cifar100", min_epochs: int = 0,
+                 notes: list[str] | None = None) -> dict[str, object]:
+    """``{file name: Figure}``: ``curves_<teacher>_<student>.png`` for every pair with distillation
+    runs, and ``gain_<teacher>_<student>.png`` where the vanilla student was also run."""
+    notes = [] if notes is None else notes
+    groups = group_runs(runs, dataset, min_epochs)
+    figures = {}
+    distilled = distilled_pairs(groups)
+    if not distilled:
+        notes.append("no distillation runs: nothing to plot")
+    for pair in [p for p in TABLE1_PAIRS + TABLE2_PAIRS if p in distilled] + other_pairs(groups):
+        stem = f"{pair[0]}_{pair[1]}"
+        figures[f"curves_{stem}.png"] = plot_curves(groups, pair)
+        if (*pair, "Student") in groups:
+            figures[f"gain_{stem}.png"] = plot_gains(groups, pair)
+        else:
+            notes.append(f"no vanilla {pair[1]} runs: no gain plot for {pair_name(pair)}")
+    return figures
+
+
+def save_figures(figures: Mapping[str, object], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        fig.savefig(out_dir / name, dpi=120)
+        paths.append(out_dir / name)
+    return paths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="last-epoch accuracy (what the papers report), best epoch, or both (default)")
     parser.add_argument("--format", default="markdown", choices=["markdown", "csv"])
     parser.add_argument("--output", default=None, help="write to this file instead of stdout")
+    parser.add_argument("--out_dir", default=None,
+                        help="also write the tables to DIR/results.md and DIR/results.csv")
+    parser.add_argument("--plots", default=None, metavar="DIR",
+                        help="draw learning curves and gains over the vanilla student into DIR (needs matplotlib)")
     parser.add_argument("--dataset", default="cifar100", help="only distillation runs on this dataset")
     parser.add_argument("--min_epochs", type=int, default=0,
                         help="ignore runs whose metrics stop before this epoch (e.g. 240: finished runs only)")
@@ -368,22 +591,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    opt = build_parser().parse_args(argv)
+    parser = build_parser()
+    opt = parser.parse_args(argv)
     notes: list[str] = []
     runs = scan(Path(opt.root) if opt.root else None, Path(opt.vanilla_root) if opt.vanilla_root else None, notes)
     metrics = ["last", "best"] if opt.metric == "both" else [opt.metric]
     cells_by_metric = {}
     for i, metric in enumerate(metrics):
         cells_by_metric[metric] = group(runs, metric, opt.dataset, opt.min_epochs, notes if i == 0 else None)
-    render = render_csv if opt.format == "csv" else render_markdown
-    text = render(cells_by_metric, metrics)
+    rendered = {"markdown": render_markdown(cells_by_metric, metrics), "csv": render_csv(cells_by_metric, metrics)}
+    text = rendered[opt.format]
     if opt.output:
         Path(opt.output).write_text(text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    written = []
+    if opt.out_dir:
+        out_dir = Path(opt.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, fmt in (("results.md", "markdown"), ("results.csv", "csv")):
+            (out_dir / name).write_text(rendered[fmt] if rendered[fmt].endswith("\n") else rendered[fmt] + "\n")
+            written.append(out_dir / name)
+    if opt.plots:
+        try:
+            figures = make_figures(runs, opt.dataset, opt.min_epochs, notes)
+        except PlotError as err:
+            parser.error(str(err))
+        written += save_figures(figures, Path(opt.plots))
     n_student = sum(r.kind == "student" for r in runs)
     print(f"collected {n_student} distillation and {len(runs) - n_student} vanilla runs "
           f"from {opt.root} and {opt.vanilla_root}", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
     for note in dict.fromkeys(notes):
         print(f"note: {note}", file=sys.stderr)
     return text

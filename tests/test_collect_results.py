@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -215,15 +216,21 @@ def test_csv_output(runs, tmp_path):
     assert len([r for r in rows if r["method"] in cr.ROWS]) == 2 * n_pairs * len(cr.ROWS)
 
 
-def test_cli_is_torch_free(runs):
+def test_cli_is_torch_free(runs, tmp_path):
+    """Tables (printed and written with --out_dir) need neither torch nor matplotlib."""
     root, vanilla = runs
     code = ("import runpy, sys; sys.argv = ['collect_results.py'] + sys.argv[1:]; "
             "runpy.run_path(%r, run_name='__main__'); "
-            "assert 'torch' not in sys.modules, 'collect_results imported torch'") % str(SCRIPTS / "collect_results.py")
+            "assert 'torch' not in sys.modules, 'collect_results imported torch'; "
+            "assert 'matplotlib' not in sys.modules, 'collect_results imported matplotlib'"
+            ) % str(SCRIPTS / "collect_results.py")
     proc = subprocess.run([sys.executable, "-c", code, "--root", str(root), "--vanilla_root", str(vanilla),
-                           "--metric", "last"], capture_output=True, text=True, timeout=60)
+                           "--metric", "last", "--out_dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "73.33" in proc.stdout and "collected 7 distillation and 3 vanilla runs" in proc.stderr
+    assert (tmp_path / "out" / "results.md").read_text() == proc.stdout
+    assert (tmp_path / "out" / "results.csv").read_text().startswith(",".join(cr.CSV_FIELDS) + "\n")
 
 
 def _published_from_markdown(path: Path) -> dict[tuple[str, str, str], float]:
@@ -248,6 +255,202 @@ def test_embedded_published_values_match_reference():
     if not path.exists():
         pytest.skip(f"{path} not found")
     assert cr.PUBLISHED == _published_from_markdown(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# pairs outside the tables, files, the function for other scripts, plots
+
+# A CPU experiment's pair (in neither table), trials of different lengths, and FitNet+KD (not
+# published) on a table pair.
+OTHER_STUDENT_RUNS = {
+    ("resnet20", "resnet8", "kd", 0.1, 0.9, 0): {1: [20.0, 30.0], 2: [22.0, 31.0, 35.0]},
+    ("resnet20", "resnet8", "crd", 1, 1, 0.8): {1: [25.0, 33.0, 36.0]},
+    ("resnet32x4", "resnet8x4", "hint", 1, 1, 100): {1: [50.0, 71.0, 72.9]},
+}
+OTHER_VANILLA_RUNS = {
+    "resnet20_vanilla": [30.0, 40.0, 41.5],
+    "resnet8_vanilla": [18.0, 28.0, 29.5],
+    "resnet8_vanilla_trial_1": [19.0, 27.0, 30.5],
+}
+
+
+@pytest.fixture()
+def more_runs(runs: tuple[Path, Path]) -> tuple[Path, Path]:
+    root, vanilla = runs
+    for (t, s, d, r, a, b), trials in OTHER_STUDENT_RUNS.items():
+        for trial, accs in trials.items():
+            write_run(student_dir(root, s, t, d, r, a, b, trial), accs)
+    for name, accs in OTHER_VANILLA_RUNS.items():
+        write_run(vanilla / name, accs)
+    return root, vanilla
+
+
+def test_other_pairs_table(more_runs):
+    root, vanilla = more_runs
+    tables = md_tables(cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "last"]))
+    assert len(tables) == 3
+    (title,) = [k for k in tables if k.startswith("Other pairs")]
+    other = tables[title]
+    assert list(other) == ["method", "Teacher", "Student", "KD", "CRD+KD"]
+    assert other["method"] == ["resnet20 → resnet8", "paper", "Δ"]
+    assert other["Teacher"] == [fmt(41.5, 0.0, 1), "–", "–"]
+    assert other["Student"] == [fmt(30.0, statistics.stdev([29.5, 30.5]), 2), "–", "–"]
+    assert other["KD"] == [fmt(32.5, statistics.stdev([30.0, 35.0]), 2), "–", "–"]
+    assert other["CRD+KD"] == [fmt(36.0, 0.0, 1), "–", "–"]
+    # the vanilla resnet20 is also the Student row of Table 1's resnet20 columns
+    assert md_cell(tables, 1, "last-epoch", "Student", ("resnet56", "resnet20")) == (
+        fmt(41.5, 0.0, 1), "69.06", f"{41.5 - 69.06:+.2f}")
+
+    out = root.parent / "csv"
+    cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "last", "--out_dir", str(out)])
+    rows = [r for r in csv.DictReader(io.StringIO((out / "results.csv").read_text())) if r["table"] == "other"]
+    assert [(r["method"], r["teacher"], r["student"], r["n"]) for r in rows] == [
+        ("Teacher", "resnet20", "resnet8", "1"), ("Student", "resnet20", "resnet8", "2"),
+        ("KD", "resnet20", "resnet8", "2"), ("CRD+KD", "resnet20", "resnet8", "1")]
+    assert float(rows[2]["mean"]) == 32.5 and rows[2]["published"] == rows[2]["diff"] == ""
+
+
+def test_out_dir_writes_both_formats(runs, tmp_path, capsys):
+    root, vanilla = runs
+    printed = cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--out_dir", str(tmp_path / "out")])
+    assert capsys.readouterr().out.rstrip("\n") == printed.rstrip("\n")  # Markdown still printed
+    assert (tmp_path / "out" / "results.md").read_text().rstrip("\n") == printed.rstrip("\n")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "results.csv").read_text())))
+    assert {r["metric"] for r in rows} == {"last", "best"}
+    (kd,) = [r for r in rows if (r["metric"], r["method"], r["teacher"], r["student"]) ==
+             ("best", "KD", "resnet32x4", "resnet8x4")]
+    assert float(kd["mean"]) == pytest.approx(statistics.mean([73.9, 73.4]), abs=1e-4)
+
+
+def test_collect_accuracies_and_render_pairs(more_runs):
+    root, vanilla = more_runs
+    acc = cr.collect_accuracies(root, vanilla)
+    assert acc[("resnet20", "resnet8", "KD")] == [30.0, 35.0]
+    assert acc[("resnet20", "resnet8", "Student")] == [29.5, 30.5]
+    assert acc[("resnet32x4", "resnet8x4", "KD")] == [73.6, 73.4]
+    assert acc[("resnet32x4", "resnet8x4", "FitNet+KD")] == [72.9]
+    assert acc[("resnet32x4", "resnet8x4", "Teacher")] == [79.1, 79.5]
+    assert cr.collect_accuracies(root, vanilla, metric="best")[("resnet20", "resnet8", "KD")] == [30.0, 35.0]
+    assert cr.collect_accuracies(root, vanilla, min_epochs=3)[("resnet20", "resnet8", "KD")] == [35.0]
+    with pytest.raises(ValueError, match="metric"):
+        cr.collect_accuracies(root, vanilla, metric="mean")
+
+    text = cr.render_pairs(acc, [("resnet20", "resnet8"), ("resnet32x4", "resnet8x4")], title="CPU run")
+    (table,) = md_tables(text).values()
+    assert list(table) == ["method", "Teacher", "Student", "KD", "CRD", "CRD+KD", "FitNet+KD"]
+    assert table["KD"] == [fmt(32.5, statistics.stdev([30.0, 35.0]), 2), "–", "–",
+                           fmt(73.5, statistics.stdev([73.6, 73.4]), 2), "73.33", f"{73.5 - 73.33:+.2f}"]
+    assert table["CRD"][:3] == ["–", "–", "–"]
+    # default pairs: every pair with distillation runs (not c -> d), sorted; hand-made numbers work too
+    hand = {("a", "b", "KD"): [1.0, 2.0, 3.0], ("a", "b", "Student"): [0.5], ("c", "d", "Student"): [1.0]}
+    assert md_tables(cr.render_pairs(hand, title="t"))["t"] == {
+        "method": ["a → b", "paper", "Δ"], "Teacher": ["–"] * 3, "Student": [fmt(0.5, 0, 1), "–", "–"],
+        "KD": [fmt(2.0, 1.0, 3), "–", "–"]}
+
+
+def _lines(ax) -> dict[str, tuple[list[float], list[float]]]:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+
+
+def test_curve_figures(more_runs):
+    root, vanilla = more_runs
+    notes = []
+    figures = cr.make_figures(cr.scan(root, vanilla), notes=notes)
+    # curves for every distilled pair; gains only where the vanilla student was run
+    assert set(figures) == {
+        "curves_resnet32x4_resnet8x4.png", "gain_resnet32x4_resnet8x4.png", "curves_wrn_40_2_wrn_16_2.png",
+        "curves_wrn_40_2_ShuffleV1.png", "curves_resnet20_resnet8.png", "gain_resnet20_resnet8.png"}
+    assert any("ShuffleV1" in n and "no gain plot" in n for n in notes)
+
+    (ax,) = figures["curves_resnet32x4_resnet8x4.png"].axes
+    lines = _lines(ax)
+    kd = STUDENT_RUNS[("resnet32x4", "resnet8x4", "kd", 0.1, 0.9, 0)]
+    assert lines["KD (2)"][0] == [1, 2, 3]
+    assert lines["KD (2)"][1] == pytest.approx([statistics.mean(v) for v in zip(*kd.values())])
+    assert lines["CRD (1)"][1] == pytest.approx([62.5, 75.0, 74.9])
+    assert lines["Student (vanilla) (1)"][1] == pytest.approx([65.0, 72.8, 72.4])
+    assert lines["Teacher (final) (2)"][1] == pytest.approx([79.3, 79.3])  # mean of 79.1 and 79.5
+    # the KD band spans min..max over the two trials at every epoch
+    line_colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    from matplotlib.colors import to_rgba
+
+    (band,) = [c for c in ax.collections if tuple(c.get_facecolor()[0][:3]) == to_rgba(line_colors["KD (2)"])[:3]]
+    vertices = band.get_paths()[0].vertices
+    for epoch, values in zip([1, 2, 3], zip(*kd.values())):
+        ys = vertices[vertices[:, 0] == epoch][:, 1]
+        assert min(ys) == pytest.approx(min(values)) and max(ys) == pytest.approx(max(values))
+
+    # trials of different lengths: each epoch averages the trials that reached it
+    lines = _lines(figures["curves_resnet20_resnet8.png"].axes[0])
+    assert lines["KD (2)"] == ([1, 2, 3], pytest.approx([21.0, 30.5, 35.0]))
+    assert lines["Student (vanilla) (2)"][1] == pytest.approx([18.5, 27.5, 30.0])
+    assert lines["Teacher (final) (1)"][1] == pytest.approx([41.5, 41.5])
+
+
+def _bars(ax):
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    (errors,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    heights = [p.get_height() for p in bars.patches]
+    half_widths = [(seg[1][1] - seg[0][1]) / 2 for seg in errors.lines[2][0].get_segments()]
+    ax.figure.canvas.draw()
+    labels = [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]
+    return labels, heights, half_widths
+
+
+def test_gain_figures(more_runs):
+    root, vanilla = more_runs
+    figures = cr.make_figures(cr.scan(root, vanilla))
+    (ax,) = figures["gain_resnet32x4_resnet8x4.png"].axes
+    labels, heights, errors = _bars(ax)
+    student = 72.4  # the one vanilla resnet8x4 run's last epoch
+    assert labels == ["KD", "CRD", "CRD+KD", "FitNet+KD"]
+    assert heights == pytest.approx([73.5 - student, 74.9 - student, 75.55 - student, 72.9 - student])
+    assert errors == pytest.approx([statistics.stdev([73.6, 73.4]), 0.0, statistics.stdev([75.2, 75.9]), 0.0])
+    # published gain = published method - published student (72.50); none for FitNet+KD
+    published = _lines(ax)["published gain"][1]
+    assert published[:3] == pytest.approx([73.33 - 72.50, 75.51 - 72.50, 75.46 - 72.50])
+    assert math.isnan(published[3])
+
+    (ax,) = figures["gain_resnet20_resnet8.png"].axes
+    labels, heights, errors = _bars(ax)
+    assert labels == ["KD", "CRD+KD"]
+    assert heights == pytest.approx([32.5 - 30.0, 36.0 - 30.0])
+    assert errors == pytest.approx([statistics.stdev([30.0, 35.0]), 0.0])
+    assert "published gain" not in _lines(ax)  # a pair without published values
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plots_cli_writes_pngs(more_runs, tmp_path):
+    root, vanilla = more_runs
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), "--root", str(root),
+                           "--vanilla_root", str(vanilla), "--plots", str(tmp_path / "plots"),
+                           "--min_epochs", "3"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    # --min_epochs 3 drops the 2-epoch FitNet+KD run: no wrn_40_2 -> wrn_16_2 plot
+    assert written == ["curves_resnet20_resnet8.png", "curves_resnet32x4_resnet8x4.png",
+                       "curves_wrn_40_2_ShuffleV1.png", "gain_resnet20_resnet8.png", "gain_resnet32x4_resnet8x4.png"]
+    for name in written:
+        width, height = _png_size(tmp_path / "plots" / name)
+        assert width > 200 and height > 200
+        assert f"wrote {tmp_path / 'plots' / name}" in proc.stderr
+    assert "no gain plot for wrn_40_2 → ShuffleV1" in proc.stderr
+
+
+def test_plots_without_matplotlib(runs, tmp_path, monkeypatch, capsys):
+    root, vanilla = runs
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes the import fail
+    with pytest.raises(SystemExit):
+        cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--plots", str(tmp_path / "p")])
+    assert "pip install" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
