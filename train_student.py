@@ -22,7 +22,7 @@ from dataset.transforms import Normalize
 from crd import WCORD_DEFAULTS
 from distiller_zoo.registry import METHODS
 from helper.checkpoint import CheckpointError, check_same_run, load_model_weights, model_name_from_path
-from helper.distill import DistillTask, build_term, run_init_stage
+from helper.distill import DistillTask, build_term, fold_teacher_batchnorm, run_init_stage
 from helper.distributed import init_distributed
 from helper.loops import evaluate
 from helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gp_weight", type=float, default=WCORD_DEFAULTS["gp_weight"], help="WCoRD gradient-penalty weight")
     g.add_argument("--ot_eps", type=float, default=WCORD_DEFAULTS["ot_eps"], help="WCoRD Sinkhorn entropy")
     g.add_argument("--ot_iters", type=int, default=WCORD_DEFAULTS["ot_iters"], help="WCoRD Sinkhorn iterations")
+    g.add_argument("--fold_teacher_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold the frozen teacher's batch norms into its convolutions (same outputs up to "
+                        "float rounding, fewer layers); --no-fold_teacher_bn runs it as trained")
     g.add_argument("--lambda_local", type=float, default=WCORD_DEFAULTS["lambda_local"],
                    help="WCoRD weight of the local (optimal-transport) term")
     add_training_args(parser)
@@ -107,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     method = METHODS[opt.distill]
     try:
         env = init_distributed(opt.device)
+        log = print if env.is_main else (lambda *_: None)
         check_device_options(opt, env.device.type, env.distributed)
         setup = prepare_run(opt, env, run_name(opt), view=method.data_view(opt), k=opt.nce_k, mode=opt.mode)
         if setup.resume_state is not None:
@@ -116,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         load_model_weights(teacher, opt.path_t, name=opt.model_t)
         student = model_dict[opt.model_s](num_classes=n_cls)
         sample = torch.zeros(2, *setup.train_loader.dataset[0][0].shape)
+        if opt.fold_teacher_bn:
+            probe = torch.randn(sample.shape, generator=torch.Generator().manual_seed(0))  # leaves the seeded RNG alone
+            teacher = fold_teacher_batchnorm(teacher, probe, log)
         term = build_term(method, student, teacher, sample, opt, setup.spec.n_data)
     except (DataError, CheckpointError, ValueError) as err:
         parser.error(str(err))
-    log = print if env.is_main else (lambda *_: None)
     if opt.sync_bn and env.distributed:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     normalize = Normalize(setup.spec.mean, setup.spec.std).to(env.device)

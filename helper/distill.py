@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from distiller_zoo.KD import DistillKL
 from distiller_zoo.registry import BuildContext, Method
+from models.fusion import fold_batchnorm
 
 from .loops import StepOutput, train_epoch
 from .precision import Precision
@@ -22,6 +23,18 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def fold_teacher_batchnorm(teacher: nn.Module, sample: torch.Tensor, log: Any = print) -> nn.Module:
+    """The frozen teacher with its batch norms folded into the convolutions before them
+    (``models.fusion``): same outputs up to float rounding, fewer layers to run. A network whose
+    folding would change its outputs is returned unfolded, with a note in the log."""
+    freeze_teacher(teacher)
+    try:
+        return fold_batchnorm(teacher, sample)
+    except ValueError as err:
+        log(f"teacher batch norm left unfolded: {err}")
+        return teacher
 
 
 def probe_shapes(model: nn.Module, sample: torch.Tensor, preact: bool) -> list[torch.Size]:
@@ -73,8 +86,12 @@ class DistillTask(nn.Module):
         return self.student
 
     def teacher_outputs(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        with torch.no_grad():
-            return self.teacher(images, is_feat=True, preact=self.preact)
+        # inference_mode skips autograd bookkeeping entirely; its outputs cannot be saved for the
+        # student's backward pass, so they are cloned into ordinary tensors (one copy of the
+        # features, small next to the forward pass that made them).
+        with torch.inference_mode():
+            feats, logits = self.teacher(images, is_feat=True, preact=self.preact)
+        return [f.clone() for f in feats], logits.clone()
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
         # Teacher first: its temporaries are freed before the student's graph holds activations,

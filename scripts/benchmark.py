@@ -43,7 +43,7 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
 
     import train_student
     from distiller_zoo.registry import METHODS
-    from helper.distill import DistillTask, build_term, freeze_teacher
+    from helper.distill import DistillTask, build_term, fold_teacher_batchnorm, freeze_teacher
     from helper.distributed import resolve_device
     from helper.precision import Precision
     from models import model_dict
@@ -54,7 +54,7 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
     device = resolve_device(args.device)
     n_cls, batch, k = 100, args.batch_size, args.nce_k
     precision = Precision(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
-    teacher = precision.prepare_network(model_dict[args.teacher](num_classes=n_cls).to(device))
+    teacher = model_dict[args.teacher](num_classes=n_cls).to(device)
     student = precision.prepare_network(model_dict[args.student](num_classes=n_cls).to(device))
     images = precision.prepare_input(torch.randn(batch, 3, 32, 32, device=device))
     targets = torch.randint(0, n_cls, (batch,), device=device)
@@ -65,13 +65,16 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
         teacher.train()
         for _ in range(3):
             teacher(images)
+    freeze_teacher(teacher)
+    if args.fold_teacher_bn:
+        teacher = fold_teacher_batchnorm(teacher, images[:2])
+    precision.prepare_network(teacher)
 
     if method_name == BOUND:
-        freeze_teacher(teacher)
         params = list(student.parameters())
 
         def step() -> torch.Tensor:
-            with torch.no_grad():
+            with torch.inference_mode():
                 teacher(images)
             return F.cross_entropy(student(images), targets)
     else:
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (float16 + scaler on older GPUs)")
     parser.add_argument("--channels_last", action="store_true", help="NHWC tensors")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (warm-up absorbs it)")
+    parser.add_argument("--fold_teacher_bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="fold the teacher's batch norms, as train_student.py does by default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)  # child-process mode

@@ -274,6 +274,9 @@ def test_gradients_reach_only_the_student_and_its_heads(name):
     assert set(state) == {f"student.{k}" for k in student.state_dict()} | {f"term.{k}" for k in term.state_dict()}
 
     teacher_before = snapshot(teacher)
+    # No graph behind the teacher's outputs, yet ordinary tensors the losses may save for backward.
+    feats_t, logits_t = task.teacher_outputs(torch.randn(2, 3, 32, 32))
+    assert all(not t.is_inference() and t.grad_fn is None for t in [*feats_t, logits_t])
     torch.manual_seed(1)
     out = task(torch.randn(8, 3, 32, 32), torch.randint(0, 100, (8,)))
     assert set(out.terms) == {"cls", "div", "kd"}
@@ -446,8 +449,10 @@ def test_unknown_model_t(fake_root, teachers, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- teacher evaluation
 
-def test_teacher_is_evaluated_before_training(tmp_path, capsys):
-    """The printed teacher accuracy equals an independent evaluation on the same test subset.
+@pytest.mark.parametrize("fold", [[], ["--no-fold_teacher_bn"]], ids=["folded", "unfolded"])
+def test_teacher_is_evaluated_before_training(fold, tmp_path, capsys):
+    """The printed teacher accuracy equals an independent evaluation on the same test subset,
+    with the teacher's batch norms folded (the default) or not.
 
     The test labels are built from the teacher's own ranking (top-1, 2nd, 6th, top-1, ...), so the
     accuracies are far from the trivial 0-1% of an untrained network."""
@@ -476,7 +481,7 @@ def test_teacher_is_evaluated_before_training(tmp_path, capsys):
     assert 100 * float((top5 == truth[:, None]).any(1).float().mean()) == pytest.approx(expected5)
 
     capsys.readouterr()
-    result = run_student(student_argv(root, tmp_path / "runs", path_t, n_test=n_test))
+    result = run_student(student_argv(root, tmp_path / "runs", path_t, *fold, n_test=n_test))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     teacher_lines = [i for i, line in enumerate(lines) if line.startswith("teacher ")]
     assert len(teacher_lines) == 1
