@@ -1,5 +1,6 @@
 """--amp and --channels_last: every method trains under bfloat16 autocast with NHWC tensors on CPU."""
 import argparse
+import warnings
 
 import pytest
 import torch
@@ -80,3 +81,16 @@ def test_train_student_with_compile_keeps_reference_checkpoint_keys(tmp_path):
     assert result["last_acc"] == result["last_acc"]
     assert not [k for k in state["model"] if "_orig_mod" in k]
     model_dict["resnet8"](num_classes=100).load_state_dict(state["model"], strict=True)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_amp_on_a_cpu_without_native_bfloat16_warns(fast, monkeypatch):
+    monkeypatch.setattr("helper.precision.cpu_has_fast_bfloat16", lambda: fast)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Precision(torch.device("cpu"), amp=True)
+        Precision(torch.device("cpu"), amp=False)
+    messages = [str(w.message) for w in caught if "bfloat16" in str(w.message)]
+    assert len(messages) == (0 if fast else 1)
+    if not fast:
+        assert "drop --amp" in messages[0]
