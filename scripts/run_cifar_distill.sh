@@ -74,14 +74,10 @@ PRINT_ONLY=${PRINT_ONLY:-0}
 LAUNCHER=${LAUNCHER:-python}
 PYTHON=${PYTHON:-python}
 
-if [[ ! -f train_student.py ]]; then
-    echo "error: run this script from the repository root (train_student.py not found in $PWD)" >&2
-    exit 2
-fi
-if ! [[ "$TRIALS" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: TRIALS must be a positive integer, not '$TRIALS'" >&2
-    exit 2
-fi
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+require_repo_root train_student.py
+require_positive_int TRIALS "$TRIALS"
 
 # Which contrastive methods does this checkout provide? (the same test as
 # `python -c "from distiller_zoo.registry import METHODS; print('crd' in METHODS)"`, per method)
@@ -109,8 +105,6 @@ fi
 
 # shellcheck disable=SC2206  # LAUNCHER may hold several words
 launcher=($LAUNCHER)
-failed=()
-count=0
 for (( trial = 1; trial <= TRIALS; trial++ )); do
     for row in "${METHOD_ROWS[@]}"; do
         read -r label distill r a b <<<"$row"
@@ -121,22 +115,13 @@ for (( trial = 1; trial <= TRIALS; trial++ )); do
             path_t="$TEACHER_DIR/${teacher}_vanilla/ckpt_epoch_240.pth"
             cmd=("${launcher[@]}" train_student.py --path_t "$path_t" --model_s "$student"
                  --distill "$distill" -r "$r" -a "$a" -b "$b" --trial "$trial" --data_folder "$DATA_FOLDER" "$@")
-            count=$((count + 1))
-            if [[ "$PRINT_ONLY" == 1 ]]; then
-                line=$(printf '%q ' "${cmd[@]}")
-                echo "${line% }"
-            elif [[ ! -f "$path_t" ]]; then
-                echo "skip: $label $teacher -> $student trial $trial: teacher checkpoint $path_t not found" >&2
-                failed+=("$label:$teacher->$student:$trial")
+            if [[ "$PRINT_ONLY" != 1 && ! -f "$path_t" ]]; then
+                skip "$label:$teacher->$student:$trial" "teacher checkpoint $path_t not found"
             else
-                echo "==> [$count] $label $teacher -> $student trial $trial: ${cmd[*]}" >&2
-                "${cmd[@]}" || failed+=("$label:$teacher->$student:$trial")
+                run "$label:$teacher->$student:$trial" "${cmd[@]}"
             fi
         done
     done
 done
 
-if (( ${#failed[@]} )); then
-    echo "failed or skipped runs (${#failed[@]} of $count): ${failed[*]}" >&2
-    exit 1
-fi
+finish

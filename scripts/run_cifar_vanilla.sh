@@ -23,26 +23,13 @@ DATA_FOLDER=${DATA_FOLDER:-./data}
 PRINT_ONLY=${PRINT_ONLY:-0}
 LAUNCHER=${LAUNCHER:-python}
 
-if [[ ! -f train_teacher.py ]]; then
-    echo "error: run this script from the repository root (train_teacher.py not found in $PWD)" >&2
-    exit 2
-fi
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+require_repo_root train_teacher.py
 
 # shellcheck disable=SC2206  # LAUNCHER may hold several words
 launcher=($LAUNCHER)
-failed=()
 for model in "${TEACHERS[@]}"; do
-    cmd=("${launcher[@]}" train_teacher.py --model "$model" --data_folder "$DATA_FOLDER" "$@")
-    if [[ "$PRINT_ONLY" == 1 ]]; then
-        line=$(printf '%q ' "${cmd[@]}")
-        echo "${line% }"
-    else
-        echo "==> ${cmd[*]}" >&2
-        "${cmd[@]}" || failed+=("$model")
-    fi
+    run "$model" "${launcher[@]}" train_teacher.py --model "$model" --data_folder "$DATA_FOLDER" "$@"
 done
-
-if (( ${#failed[@]} )); then
-    echo "failed runs (${#failed[@]}): ${failed[*]}" >&2
-    exit 1
-fi
+finish

@@ -57,14 +57,10 @@ LAUNCHER=${LAUNCHER:-python}
 PRINT_ONLY=${PRINT_ONLY:-0}
 DISTILL_ARGS=${DISTILL_ARGS:-}
 
-if [[ ! -f train_student.py ]]; then
-    echo "error: run this script from the repository root (train_student.py not found in $PWD)" >&2
-    exit 2
-fi
-if ! [[ "$TRIALS" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: TRIALS must be a positive integer, not '$TRIALS'" >&2
-    exit 2
-fi
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+require_repo_root train_student.py
+require_positive_int TRIALS "$TRIALS"
 if [[ "$CRD_MEMORY" != bank && "$CRD_MEMORY" != queue ]]; then
     echo "error: CRD_MEMORY must be bank or queue, not '$CRD_MEMORY'" >&2
     exit 2
@@ -74,23 +70,6 @@ fi
 launcher=($LAUNCHER)
 # shellcheck disable=SC2206
 distill_args=($DISTILL_ARGS)
-failed=()
-count=0
-
-run() {  # run <label> <command...>: print it, or run it and note a failure
-    local label=$1
-    shift
-    count=$((count + 1))
-    if [[ "$PRINT_ONLY" == 1 ]]; then
-        local line
-        line=$(printf '%q ' "$@")
-        echo "${line% }"
-    else
-        echo "==> [$count] $label: $*" >&2
-        "$@" || failed+=("$label")
-    fi
-}
-
 for (( trial = 1; trial <= TRIALS; trial++ )); do
     run "Student:$trial" "${launcher[@]}" train_teacher.py --model "$STUDENT_MODEL" --dataset imagenet \
         --data_folder "$DATA_FOLDER" --trial "$((trial - 1))" "$@"
@@ -103,16 +82,11 @@ for (( trial = 1; trial <= TRIALS; trial++ )); do
              ${memory[@]+"${memory[@]}"} -r "$r" -a "$a" -b "$b" --trial "$trial"
              ${distill_args[@]+"${distill_args[@]}"} "$@")
         if [[ "$PRINT_ONLY" != 1 && ! -f "$TEACHER" ]]; then
-            count=$((count + 1))
-            echo "skip: $label trial $trial: teacher weights $TEACHER not found (set TEACHER)" >&2
-            failed+=("$label:$trial")
+            skip "$label:$trial" "teacher weights $TEACHER not found (set TEACHER)"
             continue
         fi
         run "$label:$trial" "${cmd[@]}"
     done
 done
 
-if (( ${#failed[@]} )); then
-    echo "failed or skipped runs (${#failed[@]} of $count): ${failed[*]}" >&2
-    exit 1
-fi
+finish
