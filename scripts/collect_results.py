@@ -535,8 +535,8 @@ def plot_gains(groups: Mapping[Key, Sequence[Run]], pair: tuple[str, str]):
                 label=PUBLISHED_GAIN)
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set_xticks(x, [f"{label}\n({c.n})" for label, c in zip(labels, cells)])
-    ax.set(title=f"{pair_name(pair)}: gain over the vanilla student\n(student {base:.2f}%, trials: "
-                 f"{len(student)}; method trials under the names)", ylabel="last-epoch top-1 gain (points)")
+    ax.set(title=f"{pair_name(pair)}: gain over the vanilla student\n(student {base:.2f}%, {len(student)} trials)",
+           ylabel="last-epoch top-1 gain (points)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return fig
