@@ -33,7 +33,7 @@ class Precision:
             warnings.warn(
                 "--amp on a CPU without native bfloat16 support (AVX512-BF16/AMX, or at least AVX-512): "
                 "oneDNN emulates bfloat16 and the step is several times slower than fp32; drop --amp here",
-                stacklevel=2,
+                stacklevel=3,  # past the dataclass-generated __init__, to the caller
             )
 
     @property
