@@ -85,18 +85,20 @@ class DistillTask(nn.Module):
     def eval_model(self) -> nn.Module:
         return self.student
 
-    def teacher_outputs(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        # inference_mode skips autograd bookkeeping entirely; its outputs cannot be saved for the
-        # student's backward pass, so they are cloned into ordinary tensors (one copy of the
-        # features, small next to the forward pass that made them).
+    def teacher_outputs(self, images: torch.Tensor,
+                        features: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The teacher's features and logits. inference_mode skips autograd bookkeeping entirely, but
+        its outputs cannot be saved for the student's backward pass, so what the step reads is cloned
+        into ordinary tensors: the logits, and the features only when ``features`` (KD alone reads
+        none of them)."""
         with torch.inference_mode():
             feats, logits = self.teacher(images, is_feat=True, preact=self.preact)
-        return [f.clone() for f in feats], logits.clone()
+        return ([f.clone() for f in feats] if features else feats), logits.clone()
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
         # Teacher first: its temporaries are freed before the student's graph holds activations,
         # which lowers the peak memory and the step time.
-        feat_t, logit_t = self.teacher_outputs(images)
+        feat_t, logit_t = self.teacher_outputs(images, features=self.use_term)
         feat_s, logit_s = self.student(images, is_feat=True, preact=self.preact)
         loss_cls = F.cross_entropy(logit_s, targets)
         loss_div = self.criterion_div(logit_s, logit_t)
