@@ -38,6 +38,16 @@ skip() {  # skip <label> <reason>: a run that cannot start, reported with the fa
     failed+=("$1")
 }
 
+run_with_teacher() {  # run_with_teacher <label> <teacher file> <command...>: skip when the teacher is missing
+    local label=$1 teacher=$2
+    shift 2
+    if [[ "${PRINT_ONLY:-0}" != 1 && ! -f "$teacher" ]]; then
+        skip "$label" "teacher weights $teacher not found"
+    else
+        run "$label" "$@"
+    fi
+}
+
 finish() {  # exit 1 when any run failed or was skipped
     if (( ${#failed[@]} )); then
         echo "failed or skipped runs (${#failed[@]} of $count): ${failed[*]}" >&2

@@ -115,11 +115,7 @@ for (( trial = 1; trial <= TRIALS; trial++ )); do
             path_t="$TEACHER_DIR/${teacher}_vanilla/ckpt_epoch_240.pth"
             cmd=("${launcher[@]}" train_student.py --path_t "$path_t" --model_s "$student"
                  --distill "$distill" -r "$r" -a "$a" -b "$b" --trial "$trial" --data_folder "$DATA_FOLDER" "$@")
-            if [[ "$PRINT_ONLY" != 1 && ! -f "$path_t" ]]; then
-                skip "$label:$teacher->$student:$trial" "teacher checkpoint $path_t not found"
-            else
-                run "$label:$teacher->$student:$trial" "${cmd[@]}"
-            fi
+            run_with_teacher "$label:$teacher->$student:$trial" "$path_t" "${cmd[@]}"
         done
     done
 done

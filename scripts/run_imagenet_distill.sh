@@ -81,11 +81,7 @@ for (( trial = 1; trial <= TRIALS; trial++ )); do
              --model_s "$STUDENT_MODEL" --dataset imagenet --data_folder "$DATA_FOLDER" --distill "$distill"
              ${memory[@]+"${memory[@]}"} -r "$r" -a "$a" -b "$b" --trial "$trial"
              ${distill_args[@]+"${distill_args[@]}"} "$@")
-        if [[ "$PRINT_ONLY" != 1 && ! -f "$TEACHER" ]]; then
-            skip "$label:$trial" "teacher weights $TEACHER not found (set TEACHER)"
-            continue
-        fi
-        run "$label:$trial" "${cmd[@]}"
+        run_with_teacher "$label:$trial" "$TEACHER" "${cmd[@]}"
     done
 done
 
