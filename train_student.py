@@ -17,18 +17,18 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from dataset import DataError
-from dataset.transforms import Normalize
-from crd import WCORD_DEFAULTS
-from distiller_zoo.registry import METHODS
-from helper.checkpoint import CheckpointError, check_same_run, load_model_weights, model_name_from_path
-from helper.distill import DistillTask, build_term, fold_teacher_batchnorm, run_init_stage
-from helper.distributed import init_distributed
-from helper.loops import evaluate
-from helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
-from helper.precision import Precision
-from helper.trainer import prepare_run, run_training
-from models import model_dict
+from kdzoo.dataset import DataError
+from kdzoo.dataset.transforms import Normalize
+from kdzoo.crd import WCORD_DEFAULTS
+from kdzoo.distiller_zoo.registry import METHODS
+from kdzoo.helper.checkpoint import CheckpointError, check_same_run, load_model_weights, model_name_from_path
+from kdzoo.helper.distill import DistillTask, build_term, fold_teacher_batchnorm, run_init_stage
+from kdzoo.helper.distributed import init_distributed
+from kdzoo.helper.loops import evaluate
+from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
+from kdzoo.helper.precision import Precision
+from kdzoo.helper.trainer import prepare_run, run_training
+from kdzoo.models import model_dict
 
 
 def build_parser() -> argparse.ArgumentParser:

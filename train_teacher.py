@@ -13,14 +13,14 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from dataset import DataError
-from dataset.transforms import Normalize
-from helper.checkpoint import CheckpointError, check_same_run
-from helper.distributed import init_distributed
-from helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
-from helper.precision import Precision
-from helper.trainer import ClassificationTask, prepare_run, run_training
-from models import model_dict
+from kdzoo.dataset import DataError
+from kdzoo.dataset.transforms import Normalize
+from kdzoo.helper.checkpoint import CheckpointError, check_same_run
+from kdzoo.helper.distributed import init_distributed
+from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
+from kdzoo.helper.precision import Precision
+from kdzoo.helper.trainer import ClassificationTask, prepare_run, run_training
+from kdzoo.models import model_dict
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset import DataError, build_loaders
-from dataset.transfer import TRANSFER_DATASETS, transfer_splits
-from dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
-from helper.checkpoint import (
+from kdzoo.dataset import DataError, build_loaders
+from kdzoo.dataset.transfer import TRANSFER_DATASETS, transfer_splits
+from kdzoo.dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
+from kdzoo.helper.checkpoint import (
     CheckpointError,
     check_resumable,
     check_same_run,
@@ -28,13 +28,13 @@ from helper.checkpoint import (
     load_model_weights,
     model_name_from_path,
 )
-from helper.distributed import DistEnv, init_distributed
-from helper.loops import StepOutput
-from helper.options import add_training_args, check_device_options, default_learning_rate
-from helper.precision import Precision
-from helper.trainer import RunSetup, new_seed, prepare_run_dir, run_training
-from helper.util import parse_decay_epochs, positive_int, seed_everything
-from models import model_dict
+from kdzoo.helper.distributed import DistEnv, init_distributed
+from kdzoo.helper.loops import StepOutput
+from kdzoo.helper.options import add_training_args, check_device_options, default_learning_rate
+from kdzoo.helper.precision import Precision
+from kdzoo.helper.trainer import RunSetup, new_seed, prepare_run_dir, run_training
+from kdzoo.helper.util import parse_decay_epochs, positive_int, seed_everything
+from kdzoo.models import model_dict
 
 # The flags a resumed run must share with the run it continues.
 SAME_RUN_FLAGS = ("model_s", "dataset", "bn_adapt", "image_size", "norm")

@@ -1,15 +1,4 @@
-"""The contrastive family: CRD with its NCE memory bank (or a queue), WCoRD and RRD.
+"""The reference's ``crd``: the same modules as ``kdzoo.crd`` (see kdzoo/_reference_names.py)."""
+from kdzoo._reference_names import alias
 
-Each loss is a torch-only ``nn.Module`` usable on its own; ``train_student.py --distill crd|rrd|wcord``
-drives them through the method table in ``distiller_zoo/registry.py``.
-"""
-from .criterion import ContrastLoss, CRDLoss, Embed, Normalize
-from .memory import ContrastMemory, QueueContrast
-from .rrd import RRDLoss
-from .sinkhorn import sinkhorn_log, sinkhorn_plan
-from .wcord import WCORD_DEFAULTS, WCoRDLoss
-
-__all__ = [
-    "CRDLoss", "ContrastLoss", "ContrastMemory", "Embed", "Normalize", "QueueContrast", "RRDLoss",
-    "WCoRDLoss", "WCORD_DEFAULTS", "sinkhorn_log", "sinkhorn_plan",
-]
+alias(__name__)

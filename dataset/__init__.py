@@ -1,21 +1,4 @@
-"""CIFAR-100 and ImageNet with the reference's three training views, loaded a batch at a time."""
-from .base import VIEWS, DataError, ViewDataset
-from .cifar100 import CIFAR100Batched, CIFAR100Instance, CIFAR100InstanceSample, read_cifar100
-from .imagenet import ImageFolderBatched, imagenet_splits
-from .loader import (
-    DataSpec,
-    ShardSampler,
-    build_datasets,
-    build_loaders,
-    get_cifar100_dataloaders,
-    get_cifar100_dataloaders_sample,
-)
-from .sampling import ContrastiveSampler
-from .transforms import Normalize, random_crop_flip
+"""The reference's ``dataset``: the same modules as ``kdzoo.dataset`` (see kdzoo/_reference_names.py)."""
+from kdzoo._reference_names import alias
 
-__all__ = [
-    "VIEWS", "DataError", "ViewDataset", "CIFAR100Batched", "CIFAR100Instance", "CIFAR100InstanceSample",
-    "read_cifar100", "ImageFolderBatched", "imagenet_splits", "DataSpec", "ShardSampler", "build_datasets",
-    "build_loaders", "get_cifar100_dataloaders", "get_cifar100_dataloaders_sample", "ContrastiveSampler",
-    "Normalize", "random_crop_flip",
-]
+alias(__name__)

@@ -1,22 +1,4 @@
-"""Distillation losses with the reference's class names, arguments and forward signatures.
+"""The reference's ``distiller_zoo``: the same modules as ``kdzoo.distiller_zoo`` (see kdzoo/_reference_names.py)."""
+from kdzoo._reference_names import alias
 
-Each is a torch-only ``nn.Module``: ``from distiller_zoo import Attention`` works without the
-training code. The method table that drives ``train_student.py`` is ``distiller_zoo.registry``.
-"""
-from .AB import ABLoss, Connector
-from .AT import Attention
-from .CC import Correlation, LinearEmbed
-from .FitNet import ConvReg, HintLoss
-from .FSP import FSP
-from .FT import FactorTransfer, Paraphraser, Translator
-from .KD import DistillKL
-from .NST import NSTLoss
-from .PKT import PKT
-from .RKD import RKDLoss
-from .SP import Similarity
-from .VID import VIDLoss
-
-__all__ = [
-    "ABLoss", "Attention", "Correlation", "DistillKL", "FSP", "FactorTransfer", "HintLoss", "NSTLoss", "PKT",
-    "RKDLoss", "Similarity", "VIDLoss", "ConvReg", "LinearEmbed", "Connector", "Paraphraser", "Translator",
-]
+alias(__name__)

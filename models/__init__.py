@@ -1,18 +1,4 @@
-"""Backbones with the reference feature contract (see ``models/base.py``).
+"""The reference's ``models``: the same modules as ``kdzoo.models`` (see kdzoo/_reference_names.py)."""
+from kdzoo._reference_names import alias
 
-``model_dict[name](num_classes=100)`` builds any architecture by name, as in the reference code.
-"""
-from . import (  # noqa: F401  (importing registers the architectures)
-    ShuffleNetv1,
-    ShuffleNetv2,
-    imagenet_resnet,
-    mobilenetv2,
-    resnet,
-    resnetv2,
-    vgg,
-    wrn,
-)
-from .base import DistillModel, PreActBlock, run_stage
-from .registry import create_model, model_dict, register_model
-
-__all__ = ["DistillModel", "PreActBlock", "run_stage", "create_model", "model_dict", "register_model"]
+alias(__name__)

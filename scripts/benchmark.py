@@ -42,11 +42,11 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
     import torch.nn.functional as F
 
     import train_student
-    from distiller_zoo.registry import METHODS
-    from helper.distill import DistillTask, build_term, fold_teacher_batchnorm, freeze_teacher
-    from helper.distributed import resolve_device
-    from helper.precision import Precision
-    from models import model_dict
+    from kdzoo.distiller_zoo.registry import METHODS
+    from kdzoo.helper.distill import DistillTask, build_term, fold_teacher_batchnorm, freeze_teacher
+    from kdzoo.helper.distributed import resolve_device
+    from kdzoo.helper.precision import Precision
+    from kdzoo.models import model_dict
 
     torch.manual_seed(0)
     if args.threads:

@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from collect_results import PlotError, method_label, new_figure, parse_run_name  # noqa: E402
-from dataset import CIFAR100Batched, DataError, Normalize  # noqa: E402
-from dataset.base import collate_batch  # noqa: E402
-from helper.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_name_from_path  # noqa: E402
-from helper.distributed import resolve_device  # noqa: E402
-from models import model_dict  # noqa: E402
+from kdzoo.dataset import CIFAR100Batched, DataError, Normalize  # noqa: E402
+from kdzoo.dataset.base import collate_batch  # noqa: E402
+from kdzoo.helper.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_name_from_path  # noqa: E402
+from kdzoo.helper.distributed import resolve_device  # noqa: E402
+from kdzoo.models import model_dict  # noqa: E402
 
 
 def logit_correlation(logits: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@
 #
 # Extra arguments are appended to every command (later flags win), e.g. --device cpu, --seed 0.
 # The contrastive rows (CRD, CRD+KD, RRD, RRD+KD, WCoRD+KD) are generated only for the methods that
-# distiller_zoo.registry.METHODS provides; the others are skipped with a note on stderr.
+# kdzoo.distiller_zoo.registry.METHODS provides; the others are skipped with a note on stderr.
 # FSP needs identical student/teacher channel lists, so it runs only on the pairs marked in PAIRS
 # (the table's N/A for wrn-40-2 -> wrn-40-1, and no cross-family pair: FSP is absent from Table 2).
 # Runs go one after another; a failed run is reported and the others still run; the exit status is
@@ -80,10 +80,10 @@ require_repo_root train_student.py
 require_positive_int TRIALS "$TRIALS"
 
 # Which contrastive methods does this checkout provide? (the same test as
-# `python -c "from distiller_zoo.registry import METHODS; print('crd' in METHODS)"`, per method)
-probe="from distiller_zoo.registry import METHODS; print(' '.join(m for m in '${CONTRASTIVE[*]}'.split() if m in METHODS))"
+# `python -c "from kdzoo.distiller_zoo.registry import METHODS; print('crd' in METHODS)"`, per method)
+probe="from kdzoo.distiller_zoo.registry import METHODS; print(' '.join(m for m in '${CONTRASTIVE[*]}'.split() if m in METHODS))"
 if ! available=$("$PYTHON" -c "$probe"); then
-    echo "note: could not import distiller_zoo.registry with '$PYTHON'; assuming no contrastive method is available" >&2
+    echo "note: could not import kdzoo.distiller_zoo.registry with '$PYTHON'; assuming no contrastive method is available" >&2
     available=""
 fi
 declare -A skip=()
@@ -100,7 +100,7 @@ if (( ${#skip[@]} )); then
         read -r label distill _ <<<"$row"
         [[ -n "${skip[$distill]:-}" ]] && skipped_labels+=("$label")
     done
-    echo "note: skipping ${skipped_labels[*]}: --distill ${missing[*]} not available in distiller_zoo.registry.METHODS yet" >&2
+    echo "note: skipping ${skipped_labels[*]}: --distill ${missing[*]} not available in kdzoo.distiller_zoo.registry.METHODS yet" >&2
 fi
 
 # shellcheck disable=SC2206  # LAUNCHER may hold several words

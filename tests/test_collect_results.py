@@ -511,7 +511,7 @@ def test_vanilla_script_print_only():
 
 def test_distill_script_print_only():
     import train_student
-    from distiller_zoo.registry import METHODS
+    from kdzoo.distiller_zoo.registry import METHODS
 
     available = {m for m in ("crd", "rrd", "wcord") if m in METHODS}
     proc = run_script("run_cifar_distill.sh", {"TRIALS": "1"}, "--device", "cpu")
@@ -574,7 +574,7 @@ def test_renders_runs_made_by_train_student(tmp_path, capsys):
 
     import train_student
     from fakedata import write_fake_cifar
-    from models import model_dict
+    from kdzoo.models import model_dict
 
     data = write_fake_cifar(tmp_path / "data", n_train=64, n_test=32)
     teacher_dir = tmp_path / "models" / "resnet32x4_vanilla"

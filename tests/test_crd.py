@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REFERENCE
-from crd.criterion import ContrastLoss, ContrastMemory, CRDLoss, Embed, Normalize, QueueContrast
+from kdzoo.crd.criterion import ContrastLoss, ContrastMemory, CRDLoss, Embed, Normalize, QueueContrast
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -349,7 +349,7 @@ def test_repeated_index_last_occurrence_wins(scoring):
 
 
 def test_last_occurrence_helper():
-    from crd.memory import _last_occurrence
+    from kdzoo.crd.memory import _last_occurrence
 
     src, keep = _last_occurrence(torch.tensor([3, 1, 3, 2, 1, 3]))
     assert src.tolist() == [5, 4, 5, 3, 4, 5]

@@ -20,8 +20,8 @@ from PIL import Image
 
 from fakedata import make_image_tree, read_fake_split, write_cifar_split, write_fake_cifar
 
-import dataset.sampling as sampling
-from dataset import (
+import kdzoo.dataset.sampling as sampling
+from kdzoo.dataset import (
     CIFAR100Batched,
     CIFAR100Instance,
     CIFAR100InstanceSample,
@@ -38,8 +38,8 @@ from dataset import (
     random_crop_flip,
     read_cifar100,
 )
-from dataset.cifar100 import ensure_cifar100
-from dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, draw_crop_flip
+from kdzoo.dataset.cifar100 import ensure_cifar100
+from kdzoo.dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, draw_crop_flip
 
 # ----------------------------------------------------------------------------------------------------
 # independent references

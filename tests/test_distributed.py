@@ -40,7 +40,7 @@ def json_lines(text: str) -> list[dict]:
 def independent_eval(weights: dict, data: Path, n: int) -> dict:
     """Accuracy and loss of resnet8 ``weights`` on the first ``n`` test images, in one process,
     without the project's data pipeline or metric code."""
-    from models import model_dict
+    from kdzoo.models import model_dict
 
     raw, labels = read_fake_split(data, train=False)
     x = torch.from_numpy(raw[:n].copy()).view(-1, 3, 32, 32).float() / 255.0
@@ -129,9 +129,9 @@ EQ_EPOCHS, EQ_BATCH, EQ_SEED = 2, 8, 5
 
 def train_tiny(data: str | Path, run_dir: str | Path, env, batch_size: int = EQ_BATCH) -> dict:
     """Train TinyNet with helper.trainer.fit on the fake data; ``batch_size`` is the global batch."""
-    from dataset import build_datasets, build_loaders
-    from dataset.transforms import Normalize
-    from helper.trainer import ClassificationTask, Schedule, fit
+    from kdzoo.dataset import build_datasets, build_loaders
+    from kdzoo.dataset.transforms import Normalize
+    from kdzoo.helper.trainer import ClassificationTask, Schedule, fit
 
     train_set, test_set = build_datasets("cifar100", data, train_limit=N_TRAIN, test_limit=N_TEST)
     train_loader, test_loader, spec = build_loaders(train_set, test_set, batch_size, 0, seed=EQ_SEED,
@@ -147,7 +147,7 @@ def train_tiny(data: str | Path, run_dir: str | Path, env, batch_size: int = EQ_
 def _child_train_tiny(data: str, run_dir: str) -> None:
     """Entry point of each DDP rank (run with ``python -c``)."""
     torch.set_num_threads(1)
-    from helper.distributed import cleanup, init_distributed
+    from kdzoo.helper.distributed import cleanup, init_distributed
 
     env = init_distributed("cpu")
     assert env.world_size == WORLD and env.distributed
@@ -164,7 +164,7 @@ def _load_tiny(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def test_ddp_gradient_sync_matches_one_process(ddp_data, tmp_path):
-    from helper.distributed import DistEnv
+    from kdzoo.helper.distributed import DistEnv
 
     ddp_dir = tmp_path / "ddp"
     code = f"import test_distributed as t; t._child_train_tiny({str(ddp_data)!r}, {str(ddp_dir)!r})"
@@ -206,8 +206,8 @@ def _child_nan_on_rank0(data: str, save: str, bad_step: int, print_freq: int) ->
     until the averaged NaN gradients reach its weights one step later)."""
     torch.set_num_threads(1)
     import train_teacher
-    from helper.loops import StepOutput
-    from helper.trainer import ClassificationTask
+    from kdzoo.helper.loops import StepOutput
+    from kdzoo.helper.trainer import ClassificationTask
 
     rank = int(os.environ["RANK"])
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.distill import fold_teacher_batchnorm
-from models import model_dict
-from models.fusion import find_conv_bn_pairs, fold_batchnorm
+from kdzoo.helper.distill import fold_teacher_batchnorm
+from kdzoo.models import model_dict
+from kdzoo.models.fusion import find_conv_bn_pairs, fold_batchnorm
 
 
 def _trained_statistics(model: nn.Module, size: int) -> nn.Module:
@@ -95,7 +95,7 @@ def test_folding_needs_eval_mode():
 def test_a_network_that_cannot_be_folded_stays_as_it_is(monkeypatch):
     model = _trained_statistics(model_dict["resnet8"](num_classes=10), 32)
     # Pretend the pair search is wrong: the check against the original outputs must catch it.
-    monkeypatch.setattr("models.fusion.find_conv_bn_pairs", lambda m, s: [("conv1", "layer1.0.bn1")])
+    monkeypatch.setattr("kdzoo.models.fusion.find_conv_bn_pairs", lambda m, s: [("conv1", "layer1.0.bn1")])
     notes = []
     teacher = fold_teacher_batchnorm(model, torch.randn(2, 3, 32, 32), notes.append)
     assert teacher is model and isinstance(model.layer1[0].bn1, nn.BatchNorm2d)

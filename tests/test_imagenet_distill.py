@@ -26,14 +26,14 @@ import torchvision
 import train_student
 import train_teacher
 from ddp_launch import ROOT, run_script_on_ranks
-from dataset import ImageFolderBatched, build_datasets
-from distiller_zoo.registry import METHODS, BuildContext
+from kdzoo.dataset import ImageFolderBatched, build_datasets
+from kdzoo.distiller_zoo.registry import METHODS, BuildContext
 from fakedata import make_image_tree
-from helper.checkpoint import CheckpointError, load_checkpoint, model_name_from_path
-from helper.distill import probe_shapes
-from helper.logger import read_metrics
-from helper.options import parse_training_args, resolve_training_defaults
-from models import model_dict
+from kdzoo.helper.checkpoint import CheckpointError, load_checkpoint, model_name_from_path
+from kdzoo.helper.distill import probe_shapes
+from kdzoo.helper.logger import read_metrics
+from kdzoo.helper.options import parse_training_args, resolve_training_defaults
+from kdzoo.models import model_dict
 
 SIZE, BATCH, K = 32, 6, 4
 CLASSES = ("ant", "bee", "cat")  # ImageFolder's (sorted) class order
@@ -167,9 +167,9 @@ def test_teacher_recipe_reaches_the_training_driver(flags, epochs, lr, decay, wd
                     classes=task.model.fc.out_features)
         return {}
 
-    import helper.trainer
+    import kdzoo.helper.trainer
 
-    monkeypatch.setattr(helper.trainer, "fit", fake_fit)
+    monkeypatch.setattr(kdzoo.helper.trainer, "fit", fake_fit)
     train_teacher.main(["--model", "imagenet_resnet18", "--dataset", "imagenet", "--data_folder", str(tree),
                         "--save_folder", str(tmp_path), "--device", "cpu", "--num_workers", "0", *flags])
     s = seen["schedule"]

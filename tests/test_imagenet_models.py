@@ -6,8 +6,8 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import ResNet
 
-from models import model_dict
-from models.imagenet_resnet import load_torchvision_weights
+from kdzoo.models import model_dict
+from kdzoo.models.imagenet_resnet import load_torchvision_weights
 
 # name -> (torchvision constructor, block expansion)
 ARCHS = {

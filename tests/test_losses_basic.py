@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from conftest import REFERENCE
-from distiller_zoo.AT import Attention
-from distiller_zoo.CC import Correlation, LinearEmbed
-from distiller_zoo.FitNet import ConvReg, HintLoss
-from distiller_zoo.KD import DistillKL
-from distiller_zoo.NST import NSTLoss
-from distiller_zoo.PKT import PKT
-from distiller_zoo.RKD import RKDLoss
-from distiller_zoo.SP import Similarity
+from kdzoo.distiller_zoo.AT import Attention
+from kdzoo.distiller_zoo.CC import Correlation, LinearEmbed
+from kdzoo.distiller_zoo.FitNet import ConvReg, HintLoss
+from kdzoo.distiller_zoo.KD import DistillKL
+from kdzoo.distiller_zoo.NST import NSTLoss
+from kdzoo.distiller_zoo.PKT import PKT
+from kdzoo.distiller_zoo.RKD import RKDLoss
+from kdzoo.distiller_zoo.SP import Similarity
 
 DT = torch.float64
 

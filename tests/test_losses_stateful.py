@@ -12,10 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import REFERENCE
-from distiller_zoo.AB import ABLoss, Connector
-from distiller_zoo.FSP import FSP
-from distiller_zoo.FT import FactorTransfer, Paraphraser, Translator
-from distiller_zoo.VID import VIDLoss
+from kdzoo.distiller_zoo.AB import ABLoss, Connector
+from kdzoo.distiller_zoo.FSP import FSP
+from kdzoo.distiller_zoo.FT import FactorTransfer, Paraphraser, Translator
+from kdzoo.distiller_zoo.VID import VIDLoss
 
 LOSS_MODULES = REFERENCE / "loss_modules.json"
 
@@ -165,7 +165,7 @@ def test_ab_layer_count_mismatch_is_an_error():
 
 
 def test_connector_layout_resnet8x4_to_resnet32x4():
-    from models import model_dict
+    from kdzoo.models import model_dict
 
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import REFERENCE
-from models import model_dict
+from kdzoo.models import model_dict
 
 SPEC_PATH = REFERENCE / "cifar_models.json"
 if not SPEC_PATH.exists():

@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT
 from fakedata import read_fake_split, write_fake_cifar
-from models import model_dict
+from kdzoo.models import model_dict
 
 
 def _load_plot_corr():

@@ -7,11 +7,11 @@ import torch
 
 import train_student
 import train_teacher
-from distiller_zoo.registry import METHODS
+from kdzoo.distiller_zoo.registry import METHODS
 from fakedata import write_fake_cifar
-from helper.distill import DistillTask, build_term
-from helper.precision import Precision
-from models import model_dict
+from kdzoo.helper.distill import DistillTask, build_term
+from kdzoo.helper.precision import Precision
+from kdzoo.models import model_dict
 
 N_DATA, K, BATCH = 64, 16, 8
 CPU = torch.device("cpu")
@@ -85,7 +85,7 @@ def test_train_student_with_compile_keeps_reference_checkpoint_keys(tmp_path):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_amp_on_a_cpu_without_native_bfloat16_warns(fast, monkeypatch):
-    monkeypatch.setattr("helper.precision.cpu_has_fast_bfloat16", lambda: fast)
+    monkeypatch.setattr("kdzoo.helper.precision.cpu_has_fast_bfloat16", lambda: fast)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         Precision(torch.device("cpu"), amp=True)

@@ -11,7 +11,7 @@ from ddp_launch import run_script_on_ranks
 import torch
 import torch.nn.functional as F
 
-from crd.rrd import RRDLoss
+from kdzoo.crd.rrd import RRDLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,7 +207,7 @@ def test_queue_keeps_float32_under_autocast():
 DDP_SCRIPT = textwrap.dedent("""
     import torch, torch.distributed as dist
     from types import SimpleNamespace
-    from crd.rrd import RRDLoss
+    from kdzoo.crd.rrd import RRDLoss
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(rank)                             # ranks build different random queues

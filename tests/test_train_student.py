@@ -27,16 +27,16 @@ import pytest
 import torch
 
 import train_student
-from dataset import build_datasets, build_loaders
-from dataset.transforms import Normalize
-from distiller_zoo.registry import METHODS
+from kdzoo.dataset import build_datasets, build_loaders
+from kdzoo.dataset.transforms import Normalize
+from kdzoo.distiller_zoo.registry import METHODS
 from checks import assert_nested_equal
 from fakedata import read_fake_split, write_cifar_split, write_fake_cifar
-from helper.checkpoint import load_checkpoint
-from helper.distill import DistillTask, build_term, run_init_stage
-from helper.distributed import DistEnv
-from helper.logger import read_metrics
-from models import model_dict
+from kdzoo.helper.checkpoint import load_checkpoint
+from kdzoo.helper.distill import DistillTask, build_term, run_init_stage
+from kdzoo.helper.distributed import DistEnv
+from kdzoo.helper.logger import read_metrics
+from kdzoo.models import model_dict
 
 # The reference's CIFAR-100 normalisation, written out independently of dataset/transforms.py.
 REF_MEAN = (0.5071, 0.4867, 0.4408)

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 import train_teacher
 from checks import assert_nested_equal
 from fakedata import read_fake_split, write_fake_cifar
-from helper import trainer as trainer_mod
-from helper.checkpoint import CheckpointError, load_model_weights, model_name_from_path, save_checkpoint
-from helper.logger import read_metrics
-from helper.loops import StepOutput
-from helper.trainer import ClassificationTask
-from helper.util import AverageMeter, accuracy, correct_topk
-from models import model_dict
+from kdzoo.helper import trainer as trainer_mod
+from kdzoo.helper.checkpoint import CheckpointError, load_model_weights, model_name_from_path, save_checkpoint
+from kdzoo.helper.logger import read_metrics
+from kdzoo.helper.loops import StepOutput
+from kdzoo.helper.trainer import ClassificationTask
+from kdzoo.helper.util import AverageMeter, accuracy, correct_topk
+from kdzoo.models import model_dict
 
 # The reference's CIFAR-100 normalisation (shared/reference/methods.md), written out independently.
 REF_MEAN = (0.5071, 0.4867, 0.4408)
@@ -335,9 +335,9 @@ def test_default_learning_rate_per_model(arch, lr, data_root, tmp_path, monkeypa
         seen.update(name=model_name, lr=schedule.learning_rate, options=args[5])
         return {}
 
-    import helper.trainer
+    import kdzoo.helper.trainer
 
-    monkeypatch.setattr(helper.trainer, "fit", fake_fit)
+    monkeypatch.setattr(kdzoo.helper.trainer, "fit", fake_fit)
     train_teacher.main([*COMMON, "--data_folder", str(data_root), "--save_folder", str(tmp_path), "--model", arch,
                         "--epochs", "1"])
     assert seen["name"] == arch
@@ -475,11 +475,11 @@ def test_non_finite_loss_stops_with_a_clear_message(bad_epoch, bad_step, print_f
 
 def test_fit_raises_training_stopped_naming_epoch_and_step(data_root, tmp_path):
     """helper.trainer.fit directly: the TrainingStopped error chains the NonFiniteLossError."""
-    from dataset import build_datasets, build_loaders
-    from dataset.transforms import Normalize
-    from helper.distributed import DistEnv
-    from helper.loops import NonFiniteLossError
-    from helper.trainer import Schedule, TrainingStopped, fit
+    from kdzoo.dataset import build_datasets, build_loaders
+    from kdzoo.dataset.transforms import Normalize
+    from kdzoo.helper.distributed import DistEnv
+    from kdzoo.helper.loops import NonFiniteLossError
+    from kdzoo.helper.trainer import Schedule, TrainingStopped, fit
 
     train_set, test_set = build_datasets("cifar100", data_root, train_limit=N_TRAIN, test_limit=N_TEST)
     train_loader, test_loader, spec = build_loaders(train_set, test_set, 8, 0, seed=0)

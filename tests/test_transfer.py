@@ -23,9 +23,9 @@ from PIL import Image
 
 import transfer_student
 from checks import assert_nested_equal
-from dataset import DataError
-from helper.checkpoint import CheckpointError
-from dataset.transfer import (
+from kdzoo.dataset import DataError
+from kdzoo.helper.checkpoint import CheckpointError
+from kdzoo.dataset.transfer import (
     channel_stats,
     folder_samples,
     load_transfer_data,
@@ -36,8 +36,8 @@ from dataset.transfer import (
     transfer_splits,
 )
 from fakedata import write_fake_cifar
-from helper.logger import read_metrics
-from models import model_dict
+from kdzoo.helper.logger import read_metrics
+from kdzoo.models import model_dict
 
 # The CIFAR-100 normalisation the students are trained with, written out independently.
 REF_MEAN = (0.5071, 0.4867, 0.4408)
@@ -540,7 +540,7 @@ def test_real_cifar100_student_probed_on_a_cifar10_style_folder(shared_data, tmp
     written in CIFAR-10's python layout (500 train / 100 test images per class): well above the 10%
     of chance."""
     import train_teacher
-    from dataset import read_cifar100
+    from kdzoo.dataset import read_cifar100
 
     save = tmp_path / "models"
     with contextlib.redirect_stdout(io.StringIO()):

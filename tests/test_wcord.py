@@ -13,9 +13,9 @@ from ddp_launch import run_script_on_ranks
 import torch
 import torch.nn.functional as F
 
-from crd.criterion import CRDLoss
-from crd.sinkhorn import sinkhorn_log, sinkhorn_plan
-from crd.wcord import WCORD_DEFAULTS, WCoRDLoss
+from kdzoo.crd.criterion import CRDLoss
+from kdzoo.crd.sinkhorn import sinkhorn_log, sinkhorn_plan
+from kdzoo.crd.wcord import WCORD_DEFAULTS, WCoRDLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -331,7 +331,7 @@ def test_local_term_has_no_host_sync():
 DDP_SCRIPT = textwrap.dedent("""
     import torch, torch.distributed as dist
     from types import SimpleNamespace
-    from crd.wcord import WCoRDLoss
+    from kdzoo.crd.wcord import WCoRDLoss
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(rank)                          # ranks build different heads and power-iteration vectors

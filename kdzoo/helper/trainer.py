@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import DataSpec, build_datasets, build_loaders
-from dataset.transforms import Normalize
+from kdzoo.dataset import DataSpec, build_datasets, build_loaders
+from kdzoo.dataset.transforms import Normalize
 
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
 from .distributed import DistEnv, barrier, broadcast_buffers, cleanup

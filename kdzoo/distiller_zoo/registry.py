@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from crd import CRDLoss, RRDLoss, WCoRDLoss
+from kdzoo.crd import CRDLoss, RRDLoss, WCoRDLoss
 
 from .AB import ABLoss, Connector
 from .AT import Attention

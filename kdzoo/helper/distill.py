@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distiller_zoo.KD import DistillKL
-from distiller_zoo.registry import BuildContext, Method
-from models.fusion import fold_batchnorm
+from kdzoo.distiller_zoo.KD import DistillKL
+from kdzoo.distiller_zoo.registry import BuildContext, Method
+from kdzoo.models.fusion import fold_batchnorm
 
 from .loops import StepOutput, train_epoch
 from .precision import Precision

@@ -1,0 +1,1 @@
+"""The training loop, checkpoints, logging and distributed setup shared by the entry points."""
