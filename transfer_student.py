@@ -182,7 +182,7 @@ def prepare_transfer_run(opt: argparse.Namespace, env: DistEnv,
     run_dir = prepare_run_dir(opt.save_folder, run_name(opt), opt.resume)
     train_set, test_set = transfer_splits(
         opt.dataset, opt.data_folder, opt.image_size, normalization, opt.train_subset, opt.test_subset,
-        num_workers=opt.num_workers, download=opt.download,
+        num_workers=opt.num_workers, download=opt.download, uint8=True,
     )
     train_loader, test_loader, spec = build_loaders(
         train_set, test_set, opt.batch_size, opt.num_workers, seed=seed, rank=env.rank,

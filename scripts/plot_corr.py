@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"--output {output} must end in .png")
     try:
         device = resolve_device(opt.device)
-        test = CIFAR100Batched(opt.data_folder, train=False, limit=opt.test_subset)
+        test = CIFAR100Batched(opt.data_folder, train=False, limit=opt.test_subset, uint8=True)
         arch_t = resolve_architecture(opt.path_t, opt.model_t, "--model_t")
         archs_s = [resolve_architecture(p, m, "--model_s") for p, m in zip(paths_s, models_s)]
         teacher = load_network(opt.path_t, arch_t, test.num_classes, device)

@@ -374,30 +374,30 @@ def test_normalize_matches_definition_and_torchvision(mean, std):
 
 
 def test_set_epoch_batches_do_not_depend_on_batch_split_or_global_rng(fake_root):
-    ds = CIFAR100Batched(fake_root, train=True)
+    ds = CIFAR100Batched(fake_root, train=True, uint8=True)
     ds.set_epoch(3, seed=7)
     torch.manual_seed(0)
-    whole = ds.__getitems__(list(range(10)))
+    whole = ds.batch(list(range(10)))
     torch.manual_seed(99)
-    halves = [ds.__getitems__(list(range(5))), ds.__getitems__(list(range(5, 10)))]
+    halves = [ds.batch(list(range(5))), ds.batch(list(range(5, 10)))]
     assert torch.equal(whole[0], torch.cat([h[0] for h in halves]))
     assert torch.equal(whole[1], torch.cat([h[1] for h in halves]))
     # reversed order gives the reversed batch; a fresh dataset with the same (seed, epoch) agrees
-    rev = ds.__getitems__(list(range(9, -1, -1)))
+    rev = ds.batch(list(range(9, -1, -1)))
     assert torch.equal(rev[0], whole[0].flip(0))
-    other = CIFAR100Batched(fake_root, train=True)
+    other = CIFAR100Batched(fake_root, train=True, uint8=True)
     other.set_epoch(3, seed=7)
-    assert torch.equal(other.__getitems__(list(range(10)))[0], whole[0])
+    assert torch.equal(other.batch(list(range(10)))[0], whole[0])
 
 
 def test_set_epoch_changes_augmentation_and_crops_are_valid(fake_root, fake_raw):
     raw, raw_labels = fake_raw[True]
-    ds = CIFAR100Batched(fake_root, train=True)
+    ds = CIFAR100Batched(fake_root, train=True, uint8=True)
     idx = list(range(0, 256, 8))  # 32 images
     batches = {}
     for seed, epoch in ((0, 0), (0, 1), (1, 0)):
         ds.set_epoch(epoch, seed=seed)
-        images, labels = ds.__getitems__(idx)
+        images, labels = ds.batch(idx)
         assert images.dtype == torch.uint8 and images.shape == (32, 3, 32, 32)
         assert torch.equal(labels, raw_labels[idx])
         batches[seed, epoch] = images
@@ -413,20 +413,20 @@ def test_set_epoch_changes_augmentation_and_crops_are_valid(fake_root, fake_raw)
 
 def test_test_split_is_not_augmented(fake_root, fake_raw):
     raw, raw_labels = fake_raw[False]
-    ds = CIFAR100Batched(fake_root, train=False)
+    ds = CIFAR100Batched(fake_root, train=False, uint8=True)
     assert len(ds) == 64
     for epoch in (None, 0, 5):
         if epoch is not None:
             ds.set_epoch(epoch, seed=3)
-        images, labels = ds.__getitems__(list(range(64)))
+        images, labels = ds.batch(list(range(64)))
         assert torch.equal(images, raw) and torch.equal(labels, raw_labels)
 
 
 def test_limit_keeps_the_first_images(fake_root, fake_raw):
     raw, raw_labels = fake_raw[False]
-    ds = CIFAR100Batched(fake_root, train=False, limit=10)
+    ds = CIFAR100Batched(fake_root, train=False, limit=10, uint8=True)
     assert len(ds) == 10
-    images, labels = ds.__getitems__(list(range(10)))
+    images, labels = ds.batch(list(range(10)))
     assert torch.equal(images, raw[:10]) and torch.equal(labels, raw_labels[:10])
 
 
@@ -434,10 +434,10 @@ def test_limit_keeps_the_first_images(fake_root, fake_raw):
 def test_views_tuple_layout_and_single_item(fake_root, fake_raw, view, length):
     raw_labels = fake_raw[True][1]
     k = 16
-    ds = CIFAR100Batched(fake_root, train=True, view=view, k=k)
+    ds = CIFAR100Batched(fake_root, train=True, view=view, k=k, uint8=True)
     ds.set_epoch(0, seed=0)
     idx = [5, 0, 200, 37, 37, 255]
-    batch = ds.__getitems__(idx)
+    batch = ds.batch(idx)
     assert isinstance(batch, tuple) and len(batch) == length
     images, targets = batch[:2]
     assert images.dtype == torch.uint8 and images.shape == (6, 3, 32, 32)
@@ -453,7 +453,7 @@ def test_views_tuple_layout_and_single_item(fake_root, fake_raw, view, length):
         torch.manual_seed(i)
         single = ds[i]
         torch.manual_seed(i)
-        rows = ds.__getitems__([i])
+        rows = ds.batch([i])
         assert len(single) == length
         for s, r in zip(single, rows):
             assert torch.equal(s, r[0])
@@ -467,7 +467,7 @@ def test_reference_named_constructors(fake_root):
     assert len(sample[3]) == 4 and sample[3][3].shape == (9,)
     assert CIFAR100InstanceSample(fake_root, is_sample=False).view == "instance"
     with pytest.raises(ValueError, match="view"):
-        CIFAR100Batched(fake_root, view="pairs")
+        CIFAR100Batched(fake_root, view="pairs", uint8=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -659,13 +659,13 @@ def test_contrastive_sampler_errors(kwargs, labels, match):
 
 
 def test_imagenet_splits_shapes_labels_and_eval_transform(image_tree):
-    train, val = imagenet_splits(image_tree, image_size=32)
+    train, val = imagenet_splits(image_tree, image_size=32, uint8=True)
     assert len(train) == 12 and len(val) == 6
     assert train.classes == list(TREE_CLASSES) and train.num_classes == 3
-    images, labels = train.__getitems__(list(range(12)))
+    images, labels = train.batch(list(range(12)))
     assert images.dtype == torch.uint8 and images.shape == (12, 3, 32, 32)
     assert labels.tolist() == [i // 4 for i in range(12)]  # sorted classes, 4 images each
-    vimages, vlabels = val.__getitems__([5, 0, 3])
+    vimages, vlabels = val.batch([5, 0, 3])
     assert vimages.shape == (3, 3, 32, 32) and vlabels.tolist() == [2, 0, 1]
     # the eval transform: resize the short side to 32 * 256 / 224 -> 36, centre crop 32
     for row, i in enumerate([5, 0, 3]):
@@ -679,13 +679,13 @@ def test_imagenet_splits_shapes_labels_and_eval_transform(image_tree):
 def test_imagenet_sample_view(image_tree):
     torch.manual_seed(0)
     train, val = imagenet_splits(image_tree, image_size=32, view="sample", k=4)
-    batch = train.__getitems__([0, 5, 11, 7])
+    batch = train.batch([0, 5, 11, 7])
     assert len(batch) == 4
     images, targets, index, sample_idx = batch
     assert images.shape == (4, 3, 32, 32) and index.tolist() == [0, 5, 11, 7]
     assert sample_idx[:, 0].tolist() == [0, 5, 11, 7]
     check_negatives(train.labels, index, sample_idx, 4, distinct=True)
-    assert len(val.__getitems__([0, 1])) == 2  # the view applies to the training split only
+    assert len(val.batch([0, 1])) == 2  # the view applies to the training split only
     single = train[3]
     assert len(single) == 4 and single[0].shape == (3, 32, 32) and single[3].shape == (5,)
 
@@ -723,8 +723,8 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_batch_size_must_divide_over_ranks(fake_root):
-    train = CIFAR100Batched(fake_root, train=True)
-    test = CIFAR100Batched(fake_root, train=False)
+    train = CIFAR100Batched(fake_root, train=True, uint8=True)
+    test = CIFAR100Batched(fake_root, train=False, uint8=True)
     with pytest.raises(ValueError, match="divisible"):
         build_loaders(train, test, batch_size=10, num_workers=0, world_size=4, rank=0)
 
@@ -741,8 +741,8 @@ def test_shard_sampler_covers_every_index_once(size, world):
 
 @pytest.mark.parametrize("view,length", [("plain", 2), ("instance", 3), ("sample", 4)])
 def test_loader_yields_dataset_batches_for_each_view(fake_root, view, length):
-    train = CIFAR100Batched(fake_root, train=True, view=view, k=8)
-    test = CIFAR100Batched(fake_root, train=False)
+    train = CIFAR100Batched(fake_root, train=True, view=view, k=8, uint8=True)
+    test = CIFAR100Batched(fake_root, train=False, uint8=True)
     train_loader, test_loader, spec = build_loaders(train, test, batch_size=32, num_workers=0, seed=4)
     assert (spec.num_classes, spec.n_data, spec.mean, spec.std) == (100, 256, CIFAR100_MEAN, CIFAR100_STD)
     train_loader.sampler.set_epoch(2)
@@ -754,7 +754,7 @@ def test_loader_yields_dataset_batches_for_each_view(fake_root, view, length):
         assert isinstance(batch, tuple) and len(batch) == length
         idx = order[b * 32:(b + 1) * 32]
         torch.manual_seed(b)
-        expected = train.__getitems__(idx)
+        expected = train.batch(idx)
         for got, exp in zip(batch[:3], expected[:3]):  # sample_idx is random: checked below
             assert torch.equal(got, exp)
         if length == 4:
@@ -767,8 +767,8 @@ def test_loader_yields_dataset_batches_for_each_view(fake_root, view, length):
 
 
 def test_two_ranks_split_the_global_batch(fake_root, fake_raw):
-    train = CIFAR100Batched(fake_root, train=True, view="instance")
-    test = CIFAR100Batched(fake_root, train=False, view="instance")
+    train = CIFAR100Batched(fake_root, train=True, view="instance", uint8=True)
+    test = CIFAR100Batched(fake_root, train=False, view="instance", uint8=True)
     train.set_epoch(1, seed=5)
 
     def first_batches(rank, world, epoch):
@@ -802,8 +802,8 @@ def test_two_ranks_split_the_global_batch(fake_root, fake_raw):
 
 
 def test_worker_processes_give_the_same_batches(fake_root):
-    train = CIFAR100Batched(fake_root, train=True, view="instance")
-    test = CIFAR100Batched(fake_root, train=False)
+    train = CIFAR100Batched(fake_root, train=True, view="instance", uint8=True)
+    test = CIFAR100Batched(fake_root, train=False, uint8=True)
     train.set_epoch(0, seed=0)
     results = []
     for workers in (0, 2):
@@ -839,15 +839,16 @@ def test_get_cifar100_dataloaders_real(shared_data, real_train):
     raw_images_all, raw_labels = real_train
     train_loader, test_loader = get_cifar100_dataloaders(batch_size=8, num_workers=0, data_folder=shared_data)
     images, targets = next(iter(train_loader))
-    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32  # normalised, as the reference
     assert targets.shape == (8,) and 0 <= int(targets.min()) and int(targets.max()) < 100
     timages, ttargets = next(iter(test_loader))
-    assert timages.shape == (8, 3, 32, 32) and len(test_loader.dataset) == 10000
+    assert timages.shape == (4, 3, 32, 32) and len(test_loader.dataset) == 10000  # half batch, as the reference
 
-    loaders = get_cifar100_dataloaders(batch_size=8, num_workers=0, is_instance=True, data_folder=shared_data)
+    loaders = get_cifar100_dataloaders(batch_size=8, num_workers=0, is_instance=True, data_folder=shared_data,
+                                       uint8=True)
     assert len(loaders) == 3 and loaders[2] == 50000
     images, targets, index = next(iter(loaders[0]))
-    assert torch.equal(targets, raw_labels[index])
+    assert images.dtype == torch.uint8 and torch.equal(targets, raw_labels[index])
     for img, i in zip(images, index.tolist()):
         assert is_crop_flip_of(img, raw_images_all[i], 4)
 

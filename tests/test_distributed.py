@@ -133,7 +133,7 @@ def train_tiny(data: str | Path, run_dir: str | Path, env, batch_size: int = EQ_
     from kdzoo.dataset.transforms import Normalize
     from kdzoo.helper.trainer import ClassificationTask, Schedule, fit
 
-    train_set, test_set = build_datasets("cifar100", data, train_limit=N_TRAIN, test_limit=N_TEST)
+    train_set, test_set = build_datasets("cifar100", data, train_limit=N_TRAIN, test_limit=N_TEST, uint8=True)
     train_loader, test_loader, spec = build_loaders(train_set, test_set, batch_size, 0, seed=EQ_SEED,
                                                     rank=env.rank, world_size=env.world_size)
     torch.manual_seed(0)  # the same initial weights in every layout

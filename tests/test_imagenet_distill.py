@@ -194,7 +194,7 @@ def test_subset_of_an_image_folder_is_evenly_spaced(tree):
     subset = ImageFolderBatched(tree / "train", train=False, image_size=SIZE, limit=6)
     assert [Path(p) for p, _ in subset.folder.samples] == files[0:12:2]
     assert subset.labels.tolist() == [0, 0, 1, 1, 2, 2] and len(subset) == 6
-    images, labels = subset.__getitems__([0, 5])
+    images, labels = subset.batch([0, 5])
     assert images.shape == (2, 3, SIZE, SIZE) and labels.tolist() == [0, 2]
     train, test = build_datasets("imagenet", tree, train_limit=3, test_limit=2, image_size=SIZE)
     assert train.labels.tolist() == [0, 1, 2]  # positions 0, 4, 8

@@ -164,7 +164,7 @@ def build_task(name: str, t_arch: str, s_arch: str, seed: int = 0) -> DistillTas
 
 
 def init_loader(root: Path, n_train: int = 32):
-    train_set, test_set = build_datasets("cifar100", root, train_limit=n_train, test_limit=16)
+    train_set, test_set = build_datasets("cifar100", root, train_limit=n_train, test_limit=16, uint8=True)
     train_loader, _, spec = build_loaders(train_set, test_set, BATCH, 0, seed=0)
     return train_loader, Normalize(spec.mean, spec.std)
 

@@ -481,7 +481,7 @@ def test_fit_raises_training_stopped_naming_epoch_and_step(data_root, tmp_path):
     from kdzoo.helper.loops import NonFiniteLossError
     from kdzoo.helper.trainer import Schedule, TrainingStopped, fit
 
-    train_set, test_set = build_datasets("cifar100", data_root, train_limit=N_TRAIN, test_limit=N_TEST)
+    train_set, test_set = build_datasets("cifar100", data_root, train_limit=N_TRAIN, test_limit=N_TEST, uint8=True)
     train_loader, test_loader, spec = build_loaders(train_set, test_set, 8, 0, seed=0)
     seen = {"calls": 0}
     task_cls = nan_task_factory(5, tmp_path / "resnet8_last.pth", seen)  # epoch 2 (4 steps/epoch), step 1

@@ -86,8 +86,9 @@ class InMemoryBatched(ViewDataset):
         self, images: torch.Tensor, labels: torch.Tensor, train: bool = True, view: str = "plain",
         k: int = 16384, mode: str = "exact", percent: float = 1.0, num_classes: int | None = None,
         mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, padding: int = 4,
+        uint8: bool = False,
     ) -> None:
-        super().__init__(view, k, mode, percent)
+        super().__init__(view, k, mode, percent, uint8)
         self.images, self.labels, self.train, self.padding = images, labels, train, padding
         # Subclasses may fix these as class attributes (CIFAR-100).
         if num_classes is not None:
@@ -119,6 +120,8 @@ class CIFAR100Batched(InMemoryBatched):
         view: ``'plain'``, ``'instance'`` or ``'sample'`` (see ``dataset/base.py``).
         k, mode, percent: contrastive sampling, for ``view='sample'``.
         limit: keep only the first ``limit`` images (the train order is already shuffled): quick runs.
+        uint8: return raw uint8 images (normalise them on the device) instead of the reference's
+            normalised float32 ones.
 
     Augmentation is epoch-indexed (see :class:`InMemoryBatched`).
     """
@@ -135,22 +138,45 @@ class CIFAR100Batched(InMemoryBatched):
         mode: str = "exact",
         percent: float = 1.0,
         limit: int | None = None,
+        uint8: bool = False,
     ) -> None:
         images, labels = read_cifar100(data_folder, train)
         if limit is not None:
             images, labels = images[:limit].clone(), labels[:limit].clone()
-        super().__init__(images, labels, train, view, k, mode, percent)
+        super().__init__(images, labels, train, view, k, mode, percent, uint8=uint8)
 
 
-def CIFAR100Instance(data_folder: str | Path = "./data", train: bool = True, **kwargs) -> CIFAR100Batched:
-    """The reference's ``(img, target, index)`` dataset."""
-    return CIFAR100Batched(data_folder, train, view="instance", **kwargs)
+def _reference_folder(data_folder: str | Path | None, root: str | Path | None, kwargs: dict) -> str | Path:
+    """The data folder from this project's ``data_folder`` or the reference's ``root`` keyword; the
+    reference's torchvision keywords that change nothing here are accepted, the others refused."""
+    kwargs.pop("download", None)  # the data is downloaded whenever it is absent
+    if kwargs.get("transform") is not None or kwargs.get("target_transform") is not None:
+        raise ValueError(
+            "transform=/target_transform= are not supported: the dataset applies the reference's own "
+            "transforms (train: random crop 32 with padding 4, flip, ToTensor, Normalize; test: ToTensor, "
+            "Normalize) to whole batches. Drop the argument, or wrap the dataset to transform its output."
+        )
+    kwargs.pop("transform", None)
+    kwargs.pop("target_transform", None)
+    if data_folder is not None and root is not None:
+        raise ValueError("give the data folder once: data_folder= or the reference's root=, not both")
+    return data_folder if data_folder is not None else (root if root is not None else "./data")
+
+
+def CIFAR100Instance(data_folder: str | Path | None = None, train: bool = True, *, root: str | Path | None = None,
+                     uint8: bool = False, **kwargs) -> CIFAR100Batched:
+    """The reference's ``(img, target, index)`` dataset: normalised float32 images, augmented for
+    ``train``; ``uint8=True`` for raw images."""
+    folder = _reference_folder(data_folder, root, kwargs)
+    return CIFAR100Batched(folder, train, view="instance", uint8=uint8, **kwargs)
 
 
 def CIFAR100InstanceSample(
-    data_folder: str | Path = "./data", train: bool = True, k: int = 4096, mode: str = "exact",
-    is_sample: bool = True, percent: float = 1.0, **kwargs,
+    data_folder: str | Path | None = None, train: bool = True, k: int = 4096, mode: str = "exact",
+    is_sample: bool = True, percent: float = 1.0, *, root: str | Path | None = None, uint8: bool = False, **kwargs,
 ) -> CIFAR100Batched:
-    """The reference's contrastive dataset: ``(img, target, index, sample_idx)`` when ``is_sample``."""
+    """The reference's contrastive dataset: ``(img, target, index, sample_idx)`` when ``is_sample``
+    (else ``(img, target, index)``), normalised float32 images; ``uint8=True`` for raw images."""
+    folder = _reference_folder(data_folder, root, kwargs)
     view = "sample" if is_sample else "instance"
-    return CIFAR100Batched(data_folder, train, view=view, k=k, mode=mode, percent=percent, **kwargs)
+    return CIFAR100Batched(folder, train, view=view, k=k, mode=mode, percent=percent, uint8=uint8, **kwargs)

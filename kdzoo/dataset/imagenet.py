@@ -34,6 +34,7 @@ class ImageFolderBatched(ViewDataset):
         image_size: side of the crop (224 for ImageNet).
         limit: keep ``limit`` images evenly spaced over the folder (sorted by class, so every class
             keeps its share): quick runs.
+        uint8: raw uint8 images (normalised on the device) instead of normalised float32 ones.
     """
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -41,8 +42,9 @@ class ImageFolderBatched(ViewDataset):
     def __init__(
         self, root: str | Path, train: bool = True, view: str = "plain", k: int = 16384,
         mode: str = "exact", percent: float = 1.0, image_size: int = IMAGENET_SIZE, limit: int | None = None,
+        uint8: bool = False,
     ) -> None:
-        super().__init__(view, k, mode, percent)
+        super().__init__(view, k, mode, percent, uint8)
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist: expected one sub-folder per class under it")
@@ -70,7 +72,7 @@ class ImageFolderBatched(ViewDataset):
 
 def imagenet_splits(
     data_folder: str | Path, image_size: int = IMAGENET_SIZE, train_limit: int | None = None,
-    test_limit: int | None = None, **kwargs,
+    test_limit: int | None = None, uint8: bool = False, **kwargs,
 ) -> tuple[ImageFolderBatched, ImageFolderBatched]:
     """``(train, val)`` datasets from ``data_folder/train`` and ``data_folder/val`` (only
     ``train_limit`` / ``test_limit`` images of them, if given); the training view options in
@@ -79,8 +81,9 @@ def imagenet_splits(
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"{root} must contain 'train' and 'val' folders (ImageFolder layout); '{split}' is missing")
-    train = ImageFolderBatched(root / "train", train=True, image_size=image_size, limit=train_limit, **kwargs)
-    val = ImageFolderBatched(root / "val", train=False, image_size=image_size, limit=test_limit)
+    train = ImageFolderBatched(root / "train", train=True, image_size=image_size, limit=train_limit, uint8=uint8,
+                               **kwargs)
+    val = ImageFolderBatched(root / "val", train=False, image_size=image_size, limit=test_limit, uint8=uint8)
     if val.classes != train.classes:
         raise DataError(f"{root}: the class folders of 'train' and 'val' differ")
     return train, val

@@ -39,17 +39,18 @@ class DataSpec:
 def build_datasets(
     dataset: str, data_folder: str | Path, view: str = "plain", k: int = 16384, mode: str = "exact",
     percent: float = 1.0, train_limit: int | None = None, test_limit: int | None = None,
-    image_size: int | None = None,
+    image_size: int | None = None, uint8: bool = False,
 ) -> tuple[ViewDataset, ViewDataset]:
     """``(train, test)`` datasets of ``'cifar100'`` or ``'imagenet'`` with the given training view;
-    ``image_size`` is the ImageNet crop (default 224); CIFAR-100 images are 32x32 and stay so."""
-    view_args = dict(view=view, k=k, mode=mode, percent=percent)
+    ``image_size`` is the ImageNet crop (default 224); CIFAR-100 images are 32x32 and stay so.
+    Images are normalised float32 unless ``uint8`` (this project's loop: normalised on the device)."""
+    view_args = dict(view=view, k=k, mode=mode, percent=percent, uint8=uint8)
     if dataset == "cifar100":
         if image_size not in (None, 32):
             raise ValueError(f"--image_size {image_size}: CIFAR-100 images are 32x32; --image_size is for "
                              "--dataset imagenet")
         train = CIFAR100Batched(data_folder, train=True, limit=train_limit, **view_args)
-        test = CIFAR100Batched(data_folder, train=False, limit=test_limit)
+        test = CIFAR100Batched(data_folder, train=False, limit=test_limit, uint8=uint8)
     elif dataset == "imagenet":
         train, test = imagenet_splits(data_folder, image_size=image_size or IMAGENET_SIZE, train_limit=train_limit,
                                       test_limit=test_limit, **view_args)
@@ -84,23 +85,37 @@ def build_loaders(
     return train_loader, test_loader, spec
 
 
+def _reference_loaders(train: ViewDataset, test: ViewDataset, batch_size: int,
+                       num_workers: int) -> tuple[DataLoader, DataLoader]:
+    """The reference's loaders: the training set reshuffled every epoch (no ``set_epoch`` needed),
+    the test set in order with half the batch size and half the workers."""
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                              collate_fn=collate_batch)
+    test_loader = DataLoader(test, batch_size=max(1, batch_size // 2), shuffle=False,
+                             num_workers=num_workers // 2, collate_fn=collate_batch)
+    return train_loader, test_loader
+
+
 def get_cifar100_dataloaders(
     batch_size: int = 128, num_workers: int = 8, is_instance: bool = False, data_folder: str | Path = "./data",
+    uint8: bool = False,
 ):
     """The reference's CIFAR-100 loaders: ``(train, test)``, or ``(train, test, n_data)`` with
-    ``is_instance`` (batches then carry the sample indices)."""
-    train, test = build_datasets("cifar100", data_folder, view="instance" if is_instance else "plain")
-    train_loader, test_loader, spec = build_loaders(train, test, batch_size, num_workers)
-    return (train_loader, test_loader, spec.n_data) if is_instance else (train_loader, test_loader)
+    ``is_instance`` (training batches then carry the sample indices). Images are normalised float32
+    as the reference's transforms return them; ``uint8=True`` gives raw uint8 images instead."""
+    train, test = build_datasets("cifar100", data_folder, view="instance" if is_instance else "plain", uint8=uint8)
+    train_loader, test_loader = _reference_loaders(train, test, batch_size, num_workers)
+    return (train_loader, test_loader, len(train)) if is_instance else (train_loader, test_loader)
 
 
 def get_cifar100_dataloaders_sample(
     batch_size: int = 128, num_workers: int = 8, k: int = 4096, mode: str = "exact", is_sample: bool = True,
-    percent: float = 1.0, data_folder: str | Path = "./data",
+    percent: float = 1.0, data_folder: str | Path = "./data", uint8: bool = False,
 ):
     """The reference's contrastive CIFAR-100 loaders: ``(train, test, n_data)``; training batches
-    are ``(img, target, index, sample_idx)``."""
+    are ``(img, target, index, sample_idx)`` (``(img, target, index)`` without ``is_sample``), with
+    normalised float32 images unless ``uint8``."""
     view = "sample" if is_sample else "instance"
-    train, test = build_datasets("cifar100", data_folder, view=view, k=k, mode=mode, percent=percent)
-    train_loader, test_loader, spec = build_loaders(train, test, batch_size, num_workers)
-    return train_loader, test_loader, spec.n_data
+    train, test = build_datasets("cifar100", data_folder, view=view, k=k, mode=mode, percent=percent, uint8=uint8)
+    train_loader, test_loader = _reference_loaders(train, test, batch_size, num_workers)
+    return train_loader, test_loader, len(train)

@@ -309,14 +309,14 @@ def load_transfer_data(
 def transfer_splits(
     dataset: str, data_folder: str | Path, image_size: int = 32,
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None, train_limit: int | None = None,
-    test_limit: int | None = None, num_workers: int = 0, download: bool = False,
+    test_limit: int | None = None, num_workers: int = 0, download: bool = False, uint8: bool = False,
 ) -> tuple[InMemoryBatched, InMemoryBatched]:
     """``(train, test)`` datasets of a transfer target (see :func:`load_transfer_data`), normalised
     with ``normalization = (mean, std)`` on the device, or with the training images' own per-channel
-    statistics when it is ``None``."""
+    statistics when it is ``None``; normalised float32 batches, or uint8 ones with ``uint8``."""
     (train_x, train_y), (test_x, test_y), num_classes = load_transfer_data(
         dataset, data_folder, image_size, train_limit, test_limit, num_workers, download)
     mean, std = normalization if normalization is not None else channel_stats(train_x)
-    train = InMemoryBatched(train_x, train_y, train=True, num_classes=num_classes, mean=mean, std=std)
-    test = InMemoryBatched(test_x, test_y, train=False, num_classes=num_classes, mean=mean, std=std)
+    train = InMemoryBatched(train_x, train_y, train=True, num_classes=num_classes, mean=mean, std=std, uint8=uint8)
+    test = InMemoryBatched(test_x, test_y, train=False, num_classes=num_classes, mean=mean, std=std, uint8=uint8)
     return train, test

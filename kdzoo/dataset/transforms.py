@@ -52,4 +52,11 @@ class Normalize(torch.nn.Module):
         self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            # A float batch is already normalised (the datasets' default): normalising it again
+            # would train on garbage without any error.
+            raise TypeError(
+                f"Normalize expects uint8 images, got {images.dtype}: build the datasets with uint8=True "
+                "(the fast path), or feed float batches to the model without Normalize"
+            )
         return images.float().mul_(self.scale).sub_(self.shift)

@@ -109,7 +109,7 @@ def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **vi
     run_dir = prepare_run_dir(opt.save_folder, run_name, opt.resume)
     train_set, test_set = build_datasets(
         opt.dataset, opt.data_folder, view=view, train_limit=opt.train_subset, test_limit=opt.test_subset,
-        image_size=getattr(opt, "image_size", None), **view_args
+        image_size=getattr(opt, "image_size", None), uint8=True, **view_args
     )
     train_loader, test_loader, spec = build_loaders(
         train_set, test_set, opt.batch_size, opt.num_workers, seed=seed, rank=env.rank,
