@@ -22,6 +22,7 @@ from .distributed import DistEnv, barrier, broadcast_buffers, cleanup
 from .logger import RunLogger
 from .loops import NonFiniteLossError, StepOutput, evaluate, train_epoch
 from .precision import Precision
+from .run_record import write_run_record
 from .util import seed_everything
 
 
@@ -107,6 +108,8 @@ def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **vi
     # Models are built after this, so their initial weights follow the seed too.
     seed_everything(seed)
     run_dir = prepare_run_dir(opt.save_folder, run_name, opt.resume)
+    if env.is_main:
+        write_run_record(run_dir, vars(opt), seed, env.world_size, resumed=bool(opt.resume))
     train_set, test_set = build_datasets(
         opt.dataset, opt.data_folder, view=view, train_limit=opt.train_subset, test_limit=opt.test_subset,
         image_size=getattr(opt, "image_size", None), uint8=True, **view_args
