@@ -6,23 +6,35 @@
     python scripts/collect_results.py --out_dir results --plots results/plots  # files + figures
 
 Reads every run folder directly under ``--root`` (``train_student.py``'s
-``S:<student>_T:<teacher>_<dataset>_<distill>_r:<r>_a:<a>_b:<b>_<trial>``) and the vanilla runs
+``S:<student>_T:<teacher>_<dataset>_<distill>_r:<r>_a:<a>_b:<b>[_ls]_<trial>``) and the vanilla runs
 under ``--vanilla_root`` (``train_teacher.py``'s ``<model>_vanilla`` / ``<model>_vanilla_trial_<t>``,
 the Teacher and Student rows). From each run's ``metrics.jsonl`` it takes the last epoch's
-``test_acc`` ("last", what the papers report) and the maximum over epochs ("best").
+``test_acc`` ("last", what the papers report) and the maximum over epochs ("best"); from its
+``run.json`` (written by the training scripts when a run starts) the settings that make runs
+comparable.
 
-Runs are grouped by (teacher, student, method label). The label is the paper's name of
-``--distill`` (kd -> KD, hint -> FitNet, ...), with ``+KD`` appended when ``-a`` > 0 for a method
-whose paper weights have ``-a 0`` (``crd -a 1`` -> ``CRD+KD``). Each cell is
-``mean±std (n)`` over the trials (sample standard deviation; 0 for one trial), next to the published
-value and the difference measured - published; ``–`` marks a missing cell. Teacher/student pairs
-that are in neither table (e.g. a CPU experiment's resnet20 -> resnet8) get an "Other pairs" table
-with the rows found.
+Runs are grouped by (teacher, student, method label, settings): a cell holds only runs whose settings
+are identical (they differ in seed and trial only); it reads ``mean±std (n)`` over them (sample
+standard deviation; 0 for one run). The label is the paper's name of ``--distill`` (kd -> KD, hint ->
+FitNet, ...), with ``+KD`` appended when ``-a`` > 0 for a method whose paper weights have ``-a 0``
+(``crd -a 1`` -> ``CRD+KD``) and ``+LS`` for ``--logit_stand``.
+
+The paper tables (Tables 1 and 2, and "Other pairs" for teacher/student pairs in neither) take only
+finished runs that follow the published recipe (:data:`PAPER_RECIPE`): CIFAR-100, all 50,000 training
+and 10,000 test images, 240 epochs, batch 64, learning rate 0.05 (0.01 for MobileNetV2/ShuffleV1/
+ShuffleV2), decayed x0.1 at epochs 150, 180 and 210, weight decay 5e-4, momentum 0.9, float32
+(no ``--amp``; ``--channels_last`` and ``--compile`` change no arithmetic and are allowed). Each
+measured cell sits next to the published value and the difference measured - published. Every
+other run goes to the table "Runs outside the published recipe", one row per group, which names how
+the group differs (``epochs 1, train 10000``); runs without ``run.json`` (older runs) are listed
+there one by one as "recipe unknown". Where two recipe-following groups would share a paper cell
+(e.g. two ``--kd_T``), neither is put there: both go to that table, named by the setting in which
+they differ. Empty tables, rows and columns are left out unless ``--all``.
 
 The tables need only the standard library: they render anywhere, without torch. ``--plots`` draws
 learning curves and gains over the vanilla student with matplotlib (imported only then). Other
 scripts can call :func:`collect_accuracies` and :func:`render_pairs`. The published numbers are
-embedded below.
+embedded below, each row with its source.
 """
 from __future__ import annotations
 
@@ -34,11 +46,12 @@ import math
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 MISSING = "–"
+RUN_RECORD = "run.json"  # kdzoo/helper/run_record.py writes it
 
 # Columns: the teacher -> student pairs of Table 1 (same family) and Table 2 (cross family), with
 # the architecture names of models/ (ShuffleNetV1/V2 are ShuffleV1/V2 there).
@@ -56,22 +69,47 @@ TABLES = {
 }
 
 OTHER_TITLE = "Other pairs: teacher/student pairs not in Tables 1 and 2"
+OUTSIDE_TITLE = "Runs outside the published recipe"
 
-# Rows, in the papers' order.
+# Rows, in the papers' order; then the later methods.
 ROWS = ["Teacher", "Student", "KD", "FitNet", "AT", "SP", "CC", "VID", "RKD", "PKT", "AB", "FT", "FSP", "NST",
-        "CRD", "CRD+KD", "WCoRD+KD", "RRD", "RRD+KD"]
+        "CRD", "CRD+KD", "WCoRD+KD", "RRD", "RRD+KD", "OFD", "KDSVD", "ReviewKD", "DKD", "DIST", "KD+LS", "DKD+LS",
+        "DIST+LS"]
 
 # --distill name -> the papers' name, and the -a of the method's paper weights
 # (distiller_zoo/registry.py; CRD/RRD/WCoRD: -a 0, their +KD variants use -a 1).
 LABELS = {"kd": "KD", "hint": "FitNet", "attention": "AT", "similarity": "SP", "correlation": "CC", "vid": "VID",
           "rkd": "RKD", "pkt": "PKT", "abound": "AB", "factor": "FT", "fsp": "FSP", "nst": "NST", "crd": "CRD",
-          "wcord": "WCoRD", "rrd": "RRD"}
+          "wcord": "WCoRD", "rrd": "RRD", "dkd": "DKD", "dist": "DIST", "reviewkd": "ReviewKD", "ofd": "OFD",
+          "kdsvd": "KDSVD"}
 PAPER_ALPHA = {"kd": 0.9}  # every other method: 0
+LOGIT_STAND_SUFFIX = "+LS"
 
-# Published CIFAR-100 top-1 (%), last epoch; transcribed from shared/reference/paper_tables.md
-# (CRD paper Tables 1 and 2; CRD+KD from reproductions of the table; WCoRD+KD; RRD authors' README).
-# One list per row, in the column order of TABLE1_PAIRS / TABLE2_PAIRS; None = N/A or absent.
+# The published CIFAR-100 recipe (the CRD paper's, which every table below follows).
+PAPER_RECIPE: dict[str, Any] = {
+    "dataset": "cifar100", "train_subset": "full", "test_subset": "full", "epochs": 240, "batch_size": 64,
+    "lr_decay_epochs": [150, 180, 210], "lr_decay_rate": 0.1, "weight_decay": 5e-4, "momentum": 0.9,
+    "amp": False,
+}
+SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # trained with lr 0.01 instead of 0.05
+# How a setting reads in the "differs" column.
+SETTING_NAMES = {"train_subset": "train", "test_subset": "test", "batch_size": "batch", "learning_rate": "lr",
+                 "lr_decay_epochs": "decay at", "lr_decay_rate": "decay x", "weight_decay": "wd"}
+
+# Published CIFAR-100 top-1 (%), last epoch. One list per row, in the column order of TABLE1_PAIRS /
+# TABLE2_PAIRS; None = N/A or not published for that pair.
+# Teacher ... RRD+KD: transcribed from shared/reference/paper_tables.md (CRD paper Tables 1 and 2;
+# CRD+KD from reproductions of the table; WCoRD+KD; RRD authors' README).
+# DKD: the DKD authors' README, github.com/megvii-research/mdistiller (commit a08d46f); its column
+#   "ResNet32x4 / MobileNet-V2" (KD 74.45, DKD 77.07) is resnet32x4 -> ShuffleV2 (KD 74.45 is the CRD
+#   paper's ShuffleV2 number; the logit-standardization README lists 77.07 under ShuffleNet-V2).
+# DIST: the DIST authors' README, github.com/hunto/DIST_KD (commit 2418f18, CIFAR-100 code release;
+#   mean of their ±std runs).
+# KD+LS, DKD+LS: the logit-standardization authors' README, github.com/sunshangquan/logit-standardization-KD
+#   (commit 07356ad), rows "KD+Ours" and "DKD+Ours".
+# OFD, KDSVD, ReviewKD, DIST+LS: no number from the authors was found; these rows stay unpublished.
 _PUBLISHED_TABLE1 = {
+
     "Teacher":  [75.61, 75.61, 72.34, 74.31, 74.31, 79.42, 74.64],
     "Student":  [73.26, 71.98, 69.06, 69.06, 71.14, 72.50, 70.36],
     "KD":       [74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98],
@@ -91,6 +129,10 @@ _PUBLISHED_TABLE1 = {
     "WCoRD+KD": [76.11, 74.72, 71.92, 71.88, 74.20, 76.15, 74.72],
     "RRD":      [75.33, 73.55, 70.71, 70.72, 73.10, 74.48, 73.99],
     "RRD+KD":   [75.66, 74.67, 72.19, 71.74, 73.54, 75.08, 74.32],
+    "DKD":      [76.23, 74.81, 71.97, None, 74.11, 76.32, 74.68],
+    "DIST":     [None, 74.43, 71.75, None, None, 76.31, None],
+    "KD+LS":    [76.11, 74.37, 71.43, 71.48, 74.17, 76.62, 74.36],
+    "DKD+LS":   [76.39, 74.89, 72.32, 71.85, 74.29, 77.01, 74.81],
 }
 _PUBLISHED_TABLE2 = {
     "Teacher":  [74.64, 79.34, 79.34, 79.42, 79.42, 75.61],
@@ -111,6 +153,10 @@ _PUBLISHED_TABLE2 = {
     "WCoRD+KD": [70.02, 70.12, 74.68, 75.77, 76.48, 76.68],
     "RRD":      [67.93, 68.84, 74.01, 74.11, 74.80, 74.98],
     "RRD+KD":   [69.98, 69.13, 74.26, 75.18, 76.83, 76.31],
+    "DKD":      [69.71, 70.35, None, 76.45, 77.07, 76.70],
+    "DIST":     [None, 68.66, None, 76.34, 77.35, None],
+    "KD+LS":    [68.61, 69.02, None, None, 75.56, None],
+    "DKD+LS":   [69.98, 70.45, None, None, 77.37, None],
 }
 
 
@@ -129,7 +175,7 @@ PUBLISHED: dict[tuple[str, str, str], float] = _published()
 
 STUDENT_RUN = re.compile(
     r"^S:(?P<student>.+?)_T:(?P<teacher>.+?)_(?P<dataset>[^_]+)_(?P<distill>[^_]+)"
-    r"_r:(?P<gamma>[^_]+)_a:(?P<alpha>[^_]+)_b:(?P<beta>[^_]+)_(?P<trial>.+)$"
+    r"_r:(?P<gamma>[^_]+)_a:(?P<alpha>[^_]+)_b:(?P<beta>[^_]+)(?P<ls>_ls)?_(?P<trial>.+)$"
 )
 VANILLA_RUN = re.compile(r"^(?P<model>.+?)_vanilla(?:_trial_(?P<trial>.+))?$")
 
@@ -150,18 +196,26 @@ class Run:
     last: float
     best: float
     curve: tuple[tuple[int, float], ...] = ()  # (epoch, test_acc), by epoch
+    settings: Mapping[str, Any] | None = None  # run.json's settings; None: not recorded (older runs)
+    logit_stand: bool = False
 
     def value(self, metric: str) -> float:
         return self.last if metric == "last" else self.best
 
+    @property
+    def label(self) -> str:
+        """The row of a distillation run (vanilla runs become the Teacher and Student rows)."""
+        return method_label(self.distill, self.alpha, self.logit_stand) if self.kind == "student" else "vanilla"
 
-def method_label(distill: str, alpha: float) -> str:
+
+def method_label(distill: str, alpha: float, logit_stand: bool = False) -> str:
     """The row a distillation run belongs to: the paper's name of ``distill``, plus ``+KD`` when the KD
-    term is switched on (``alpha > 0``) for a method whose paper weights leave it off."""
+    term is switched on (``alpha > 0``) for a method whose paper weights leave it off, plus ``+LS``
+    with logit standardisation."""
     label = LABELS.get(distill, distill)
     if alpha > 0 and PAPER_ALPHA.get(distill, 0.0) == 0:
         label += "+KD"
-    return label
+    return label + LOGIT_STAND_SUFFIX if logit_stand else label
 
 
 def parse_run_name(name: str) -> dict | None:
@@ -170,6 +224,7 @@ def parse_run_name(name: str) -> dict | None:
     if not m:
         return None
     fields = m.groupdict()
+    fields["logit_stand"] = bool(fields.pop("ls"))
     try:
         for key in ("gamma", "alpha", "beta"):
             fields[key] = float(fields[key])
@@ -213,6 +268,21 @@ def read_accuracies(run_dir: Path) -> tuple[int, float, float] | None:
     return _summary(by_epoch) if by_epoch else None
 
 
+def read_settings(run_dir: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The ``settings`` of ``run.json``, or None when the run has none (or it cannot be read)."""
+    path = run_dir / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())["settings"]
+        if not isinstance(settings, dict):
+            raise TypeError("settings is not an object")
+    except (ValueError, KeyError, TypeError) as err:
+        notes.append(f"{path} is unreadable ({err}): the run counts as recipe unknown")
+        return None
+    return settings
+
+
 def _summary(by_epoch: dict[int, float]) -> tuple[int, float, float]:
     last_epoch = max(by_epoch)
     return last_epoch, by_epoch[last_epoch], max(by_epoch.values())
@@ -245,8 +315,120 @@ def scan(root: Path | None, vanilla_root: Path | None, notes: list[str] | None =
             if not curve:
                 notes.append(f"no metrics in {path}")
                 continue
-            runs.append(Run(path, *run_fields(fields), *_summary(curve), tuple(curve.items())))
+            settings = read_settings(path, notes)
+            logit_stand = fields.get("logit_stand", False)
+            if settings is not None:
+                logit_stand = bool(settings.get("logit_stand", logit_stand))
+            runs.append(Run(path, *run_fields(fields), *_summary(curve), tuple(curve.items()), settings, logit_stand))
     return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# comparability: the published recipe and groups of identical settings
+
+
+def recipe_learning_rate(model: str) -> float:
+    return 0.01 if model in SMALL_LR_MODELS else 0.05
+
+
+def _same(a: Any, b: Any) -> bool:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if numbers:  # 5e-4 written as 0.0005, 240 as 240.0
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def describe_setting(key: str, value: Any) -> str:
+    """One setting as the "differs" column writes it: ``epochs 1``, ``train 10000``, ``amp``."""
+    name = SETTING_NAMES.get(key, key)
+    if value is True:
+        return name
+    if value is False:
+        return f"no {name}"
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return f"{name} {value}"
+
+
+def recipe_differences(run: Run) -> list[str]:
+    """How a run departs from :data:`PAPER_RECIPE` (empty: it follows it, to the last epoch)."""
+    if run.settings is None:
+        return [f"recipe unknown (no {RUN_RECORD})", f"trial {run.trial}", f"{run.last_epoch} epochs logged"]
+    settings = run.settings
+    expected = dict(PAPER_RECIPE, learning_rate=recipe_learning_rate(run.model_s))
+    differences = [describe_setting(key, settings.get(key, "unknown")) for key, want in expected.items()
+                   if not _same(settings.get(key, "unknown"), want)]
+    epochs = settings.get("epochs")
+    if isinstance(epochs, int) and run.last_epoch < epochs:
+        differences.append(f"stopped at epoch {run.last_epoch} of {epochs}")
+    return differences
+
+
+def comparability_key(run: Run) -> str:
+    """Runs with the same key are repetitions of one setting (they differ in seed and trial only)."""
+    if run.settings is None:
+        return f"unrecorded:{run.path}"  # nothing says two such runs are alike: never pooled
+    key = json.dumps(run.settings, sort_keys=True)
+    epochs = run.settings.get("epochs")
+    return key + (f"|stopped:{run.last_epoch}" if isinstance(epochs, int) and run.last_epoch < epochs else "")
+
+
+@dataclass
+class Group:
+    """Runs of one (teacher, student, label) with identical settings; vanilla runs have no teacher and
+    the label ``vanilla``."""
+
+    teacher: str | None
+    model: str
+    label: str
+    runs: list[Run]
+    differences: list[str]  # from the published recipe
+    distinct: list[str] = field(default_factory=list)  # settings that tell it from look-alike groups
+
+    @property
+    def in_paper_tables(self) -> bool:
+        return not self.differences and not self.distinct
+
+    @property
+    def description(self) -> str:
+        parts = self.differences or (["published recipe"] if self.distinct else [])
+        return ", ".join(parts + self.distinct)
+
+    def cell(self, metric: str) -> "Cell":
+        return Cell(tuple(r.value(metric) for r in self.runs))
+
+
+def group_runs(runs: Iterable[Run], dataset: str = "cifar100", min_epochs: int = 0,
+               notes: list[str] | None = None) -> list[Group]:
+    """Groups of identical settings, runs in trial order; groups that look alike (same models, label
+    and departures from the recipe) get ``distinct``: the settings in which they differ."""
+    notes = [] if notes is None else notes
+    buckets: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.last_epoch < min_epochs:
+            continue
+        run_dataset = run.settings.get("dataset", run.dataset) if run.settings is not None else run.dataset
+        if run_dataset not in (None, dataset):
+            continue
+        buckets.setdefault((run.model_t, run.model_s, run.label, comparability_key(run)), []).append(run)
+    groups = [Group(t, s, label, sorted(found, key=lambda r: r.trial), recipe_differences(found[0]))
+              for (t, s, label, _), found in buckets.items()]
+    alike: dict[tuple, list[Group]] = {}
+    for g in groups:
+        alike.setdefault((g.teacher, g.model, g.label, tuple(g.differences)), []).append(g)
+    for similar in alike.values():
+        if len(similar) < 2 or similar[0].runs[0].settings is None:
+            continue
+        keys = sorted({k for g in similar for k in g.runs[0].settings})
+        differing = [k for k in keys if len({json.dumps(g.runs[0].settings.get(k)) for g in similar}) > 1]
+        for g in similar:
+            g.distinct = [describe_setting(k, g.runs[0].settings.get(k)) for k in differing]
+        if not similar[0].differences:
+            g = similar[0]
+            who = f"{g.label} {g.teacher}->{g.model}" if g.teacher else f"vanilla {g.model}"
+            notes.append(f"{who}: {len(similar)} groups follow the recipe but differ in {', '.join(differing)}; "
+                         f"listed under '{OUTSIDE_TITLE}', not in the paper tables")
+    return sorted(groups, key=lambda g: (g.teacher or "", g.model, g.label, g.description))
 
 
 @dataclass(frozen=True)
@@ -272,43 +454,39 @@ class Cell:
 Key = tuple[str, str, str]  # (teacher, student, row label)
 
 
-def group_runs(runs: Iterable[Run], dataset: str = "cifar100", min_epochs: int = 0) -> dict[Key, list[Run]]:
-    """Runs keyed by (teacher, student, label), each list in trial order: distillation runs by their
-    label, and the vanilla runs as the Teacher and Student rows of every pair of the tables and every
-    pair distilled in ``runs``."""
+def paper_members(groups: Iterable[Group]) -> dict[Key, list[Run]]:
+    """The runs of the paper tables keyed by (teacher, student, label): recipe-following distillation
+    groups by their label, and recipe-following vanilla groups as the Teacher and Student rows of
+    every pair of the tables and every pair distilled."""
     members: dict[Key, list[Run]] = {}
     vanilla: dict[str, list[Run]] = {}
-    for run in runs:
-        if run.last_epoch < min_epochs:
+    for g in groups:
+        if not g.in_paper_tables:
             continue
-        if run.kind == "vanilla":
-            vanilla.setdefault(run.model_s, []).append(run)
-        elif run.dataset == dataset:
-            key = (run.model_t, run.model_s, method_label(run.distill, run.alpha))
-            members.setdefault(key, []).append(run)
+        if g.teacher is None:
+            vanilla[g.model] = g.runs
+        else:
+            members[(g.teacher, g.model, g.label)] = g.runs
     distilled = sorted({(teacher, student) for teacher, student, _ in members})
     for teacher, student in dict.fromkeys(TABLE1_PAIRS + TABLE2_PAIRS + distilled):
         for label, model in (("Teacher", teacher), ("Student", student)):
             if model in vanilla:
                 members[(teacher, student, label)] = vanilla[model]
-    return {key: sorted(found, key=lambda r: r.trial) for key, found in members.items()}
+    return members
 
 
-def group(runs: Iterable[Run], metric: str, dataset: str = "cifar100", min_epochs: int = 0,
-          notes: list[str] | None = None) -> dict[Key, Cell]:
-    """Cells keyed by (teacher, student, label), from :func:`group_runs`."""
-    notes = [] if notes is None else notes
-    cells = {}
-    for key, members in group_runs(runs, dataset, min_epochs).items():
-        cells[key] = Cell(tuple(r.value(metric) for r in members))
-        where = f"{key[2]} {key[0]}->{key[1]}"
-        weights = sorted({(r.gamma, r.alpha, r.beta) for r in members if r.kind == "student"})
-        if len(weights) > 1:
-            notes.append(f"{where}: runs with different weights (-r, -a, -b) averaged together: {weights}")
-        epochs = sorted({r.last_epoch for r in members})
-        if len(epochs) > 1:
-            notes.append(f"{where}: runs end at different epochs {epochs}")
-    return cells
+def outside_groups(groups: Iterable[Group]) -> list[Group]:
+    """The groups of the table of runs outside the recipe: pairs in the tables' order, then others."""
+    order = {pair: i for i, pair in enumerate(TABLE1_PAIRS + TABLE2_PAIRS)}
+    rows = {label: i for i, label in enumerate(ROWS)}
+    chosen = [g for g in groups if not g.in_paper_tables]
+    return sorted(chosen, key=lambda g: (g.teacher is None, order.get((g.teacher, g.model), len(order)),
+                                         g.teacher or "", g.model, rows.get(g.label, len(rows)), g.label,
+                                         g.description))
+
+
+def cells_of(members: Mapping[Key, Sequence[Run]], metric: str) -> dict[Key, Cell]:
+    return {key: Cell(tuple(r.value(metric) for r in runs)) for key, runs in members.items()}
 
 
 def fmt_diff(measured: float, published: float) -> str:
@@ -316,8 +494,8 @@ def fmt_diff(measured: float, published: float) -> str:
     return f"{d:+.2f}" if d != 0 else "+0.00"
 
 
-def table_rows(cells: dict[Key, Cell], pairs: Sequence[tuple[str, str]]) -> list[str]:
-    """The paper's rows, then any other label measured on these pairs (e.g. FitNet+KD), sorted."""
+def table_rows(cells: Mapping[Key, object], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The papers' rows, then any other label measured on these pairs (e.g. FitNet+KD), sorted."""
     return ROWS + [label for label in found_rows(cells, pairs) if label not in ROWS]
 
 
@@ -359,14 +537,32 @@ class TableSpec:
     rows: list[str]
 
 
-def table_specs(cells: dict[Key, Cell]) -> list[TableSpec]:
-    """Tables 1 and 2 with all the papers' rows, then, when there are any, the other pairs with the
-    rows found."""
-    specs = [TableSpec(str(number), title, pairs, table_rows(cells, pairs))
-             for number, (title, pairs) in enumerate(TABLES.items(), start=1)]
+def _measured_pairs(cells: Mapping[Key, Cell], pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs with a measured student (distilled or vanilla); when no table has one, those with a
+    measured teacher: a teacher trained for many pairs does not open a column for each."""
+    if any(label != "Teacher" for _, _, label in cells):
+        return [p for p in pairs if any((t, s) == p and label != "Teacher" for t, s, label in cells)]
+    return [p for p in pairs if any((t, s) == p for t, s, _ in cells)]
+
+
+def table_specs(cells: Mapping[Key, Cell], full: bool = False) -> list[TableSpec]:
+    """Tables 1 and 2, then the other pairs. By default only what was measured: pair columns with a
+    measured student (see :func:`_measured_pairs`), rows with a cell in them, tables with a column;
+    ``full``: Tables 1 and 2 with every paper row and pair (the other pairs' table still only when
+    there are any)."""
+    specs = []
+    for number, (title, pairs) in enumerate(TABLES.items(), start=1):
+        if full:
+            specs.append(TableSpec(str(number), title, pairs, table_rows(cells, pairs)))
+            continue
+        measured = _measured_pairs(cells, pairs)
+        rows = [label for label in found_rows(cells, measured) if any((*p, label) in cells for p in measured)]
+        if measured:
+            specs.append(TableSpec(str(number), title, measured, rows))
     others = other_pairs(cells)
     if others:
-        specs.append(TableSpec("other", OTHER_TITLE, others, found_rows(cells, others)))
+        rows = [label for label in found_rows(cells, others) if any((*p, label) in cells for p in others)]
+        specs.append(TableSpec("other", OTHER_TITLE, others, rows))
     return specs
 
 
@@ -389,37 +585,66 @@ def markdown_table(title: str, cells: Mapping[Key, Cell], pairs: Sequence[tuple[
     return out + [""]
 
 
-def render_markdown(cells_by_metric: dict[str, dict], metrics: Sequence[str]) -> str:
-    out = ["Cells: measured mean±std (trials) | published (last epoch) | measured − published; "
-           f"{MISSING} = no runs / not published.", ""]
+def outside_models(g: Group) -> str:
+    return pair_name((g.teacher, g.model)) if g.teacher else g.model
+
+
+def markdown_outside(title: str, groups: Sequence[Group], metric: str) -> list[str]:
+    """One row per group outside the recipe: models, method, how it differs, the measured cell (no
+    published value next to it: the published numbers are for the recipe)."""
+    out = [f"### {title}", "", "| teacher → student | method | differs from the published recipe | measured |",
+           "|---|---|---|---:|"]
+    for g in groups:
+        out.append(f"| {outside_models(g)} | {g.label} | {g.description} | {g.cell(metric).text()} |")
+    return out + [""]
+
+
+def render_markdown(groups: Sequence[Group], metrics: Sequence[str], full: bool = False) -> str:
+    out = ["Cells: measured mean±std (runs) | published (last epoch) | measured − published; "
+           f"{MISSING} = no runs / not published. Paper tables: finished runs of the published recipe only.", ""]
+    members, outside = paper_members(groups), outside_groups(groups)
+    if not groups:
+        out.append("No runs found.")
     for metric in metrics:
-        cells = cells_by_metric[metric]
-        for spec in table_specs(cells):
+        cells = cells_of(members, metric)
+        for spec in table_specs(cells, full):
             out += markdown_table(f"{spec.title}, {METRIC_TITLES[metric]}", cells, spec.pairs, spec.rows)
+        if outside:
+            out += markdown_outside(f"{OUTSIDE_TITLE}, {METRIC_TITLES[metric]}", outside, metric)
     return "\n".join(out)
 
 
-CSV_FIELDS = ["metric", "table", "method", "teacher", "student", "mean", "std", "n", "published", "diff"]
+CSV_FIELDS = ["metric", "table", "method", "teacher", "student", "mean", "std", "n", "published", "diff", "differs"]
+OUTSIDE_TABLE = "outside_recipe"
 
 
-def render_csv(cells_by_metric: dict[str, dict], metrics: Sequence[str]) -> str:
-    """One row per (metric, table, method, pair), in the tables' order; empty fields where missing."""
+def render_csv(groups: Sequence[Group], metrics: Sequence[str], full: bool = False) -> str:
+    """One row per (metric, table, method, pair) shown in the Markdown (every one with ``full``, empty
+    fields where missing), then one per group outside the recipe (table ``outside_recipe``; vanilla
+    runs have method ``vanilla`` and no teacher)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
+    members, outside = paper_members(groups), outside_groups(groups)
     for metric in metrics:
-        cells = cells_by_metric[metric]
-        for spec in table_specs(cells):
+        cells = cells_of(members, metric)
+        for spec in table_specs(cells, full):
             for label in spec.rows:
                 for teacher, student in spec.pairs:
                     cell = cells.get((teacher, student, label))
                     published = PUBLISHED.get((teacher, student, label))
+                    if cell is None and not full:
+                        continue
                     writer.writerow([
                         metric, spec.number, label, teacher, student,
                         f"{cell.mean:.4f}" if cell else "", f"{cell.std:.4f}" if cell else "", cell.n if cell else 0,
                         f"{published:.2f}" if published is not None else "",
-                        f"{cell.mean - published:.4f}" if cell and published is not None else "",
+                        f"{cell.mean - published:.4f}" if cell and published is not None else "", "",
                     ])
+        for g in outside:
+            cell = g.cell(metric)
+            writer.writerow([metric, OUTSIDE_TABLE, g.label, g.teacher or "", g.model, f"{cell.mean:.4f}",
+                             f"{cell.std:.4f}", cell.n, "", "", g.description])
     return buf.getvalue()
 
 
@@ -429,16 +654,37 @@ def render_csv(cells_by_metric: dict[str, dict], metrics: Sequence[str]) -> str:
 
 def collect_accuracies(root: str | Path | None, vanilla_root: str | Path | None = None, metric: str = "last",
                        dataset: str = "cifar100", min_epochs: int = 0) -> dict[Key, list[float]]:
-    """Per (teacher, student, label), the accuracies of the runs, one per trial in trial order.
+    """Per (teacher, student, label), the accuracies of the runs, one per trial in trial order,
+    whatever their recipe (e.g. a CPU-sized experiment).
 
     ``root`` holds ``train_student.py`` run folders, ``vanilla_root`` ``train_teacher.py`` ones (they
     become the Teacher and Student rows of every pair that names their model). ``metric`` is
     ``last`` (last-epoch test accuracy) or ``best``. Labels as in the tables (KD, CRD+KD, ...).
+    Raises ``ValueError`` when runs of one key differ in their settings (they must not be averaged).
     """
     if metric not in METRIC_TITLES:
         raise ValueError(f"metric must be one of {sorted(METRIC_TITLES)}, got {metric!r}")
     runs = scan(Path(root) if root else None, Path(vanilla_root) if vanilla_root else None)
-    return {key: list(cell.values) for key, cell in group(runs, metric, dataset, min_epochs).items()}
+    groups = group_runs(runs, dataset, min_epochs)
+    by_key: dict[tuple, list[Group]] = {}
+    for g in groups:
+        by_key.setdefault((g.teacher, g.model, g.label), []).append(g)
+    for (teacher, model, label), found in by_key.items():
+        if len(found) > 1:
+            raise ValueError(
+                f"{label} {teacher or ''}->{model}: runs with different settings ({'; '.join(g.description for g in found)}) "
+                "would be averaged together; point root/vanilla_root at folders that hold one setting each"
+            )
+    members: dict[Key, list[Run]] = {}
+    vanilla = {model: found[0].runs for (teacher, model, _), found in by_key.items() if teacher is None}
+    for (teacher, model, label), found in by_key.items():
+        if teacher is not None:
+            members[(teacher, model, label)] = found[0].runs
+    for teacher, student in dict.fromkeys(TABLE1_PAIRS + TABLE2_PAIRS + sorted({k[:2] for k in members})):
+        for label, model in (("Teacher", teacher), ("Student", student)):
+            if model in vanilla:
+                members[(teacher, student, label)] = vanilla[model]
+    return {key: [r.value(metric) for r in runs] for key, runs in members.items()}
 
 
 def render_pairs(accuracies: Mapping[Key, Sequence[float]], pairs: Sequence[tuple[str, str]] | None = None,
@@ -542,12 +788,37 @@ def plot_gains(groups: Mapping[Key, Sequence[Run]], pair: tuple[str, str]):
     return fig
 
 
+def plot_members(groups: Sequence[Group], notes: list[str]) -> dict[Key, list[Run]]:
+    """What the figures draw, keyed like the tables: the paper tables' cells, and each group outside
+    the recipe under its label with ``[how it differs]``; a pair's Teacher and Student lines come from
+    the recipe's vanilla runs, or from the only vanilla group of that model when none follows it."""
+    members = paper_members(groups)
+    for g in outside_groups(groups):
+        if g.teacher is not None:
+            members[(g.teacher, g.model, f"{g.label} [{g.description}]")] = g.runs
+    vanilla: dict[str, list[Group]] = {}
+    for g in groups:
+        if g.teacher is None:
+            vanilla.setdefault(g.model, []).append(g)
+    for teacher, student in distilled_pairs(members):
+        for label, model in (("Teacher", teacher), ("Student", student)):
+            found = vanilla.get(model, [])
+            if (teacher, student, label) in members or not found:
+                continue
+            if len(found) == 1:
+                members[(teacher, student, label)] = found[0].runs
+            else:
+                notes.append(f"vanilla {model}: {len(found)} groups of different settings and none of the "
+                             f"published recipe: no {label} line for {pair_name((teacher, student))}")
+    return members
+
+
 def make_figures(runs: Iterable[Run], dataset: str = "cifar100", min_epochs: int = 0,
                  notes: list[str] | None = None) -> dict[str, object]:
     """``{file name: Figure}``: ``curves_<teacher>_<student>.png`` for every pair with distillation
     runs, and ``gain_<teacher>_<student>.png`` where the vanilla student was also run."""
     notes = [] if notes is None else notes
-    groups = group_runs(runs, dataset, min_epochs)
+    groups = plot_members(group_runs(runs, dataset, min_epochs), notes)
     figures = {}
     distilled = distilled_pairs(groups)
     if not distilled:
@@ -584,9 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the tables to DIR/results.md and DIR/results.csv")
     parser.add_argument("--plots", default=None, metavar="DIR",
                         help="draw learning curves and gains over the vanilla student into DIR (needs matplotlib)")
-    parser.add_argument("--dataset", default="cifar100", help="only distillation runs on this dataset")
+    parser.add_argument("--dataset", default="cifar100", help="only runs on this dataset")
     parser.add_argument("--min_epochs", type=int, default=0,
-                        help="ignore runs whose metrics stop before this epoch (e.g. 240: finished runs only)")
+                        help="ignore runs whose metrics stop before this epoch")
+    parser.add_argument("--all", action="store_true",
+                        help="print Tables 1 and 2 in full (every paper row and pair, empty cells as –), "
+                             "not only what was measured")
     return parser
 
 
@@ -596,10 +870,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     notes: list[str] = []
     runs = scan(Path(opt.root) if opt.root else None, Path(opt.vanilla_root) if opt.vanilla_root else None, notes)
     metrics = ["last", "best"] if opt.metric == "both" else [opt.metric]
-    cells_by_metric = {}
-    for i, metric in enumerate(metrics):
-        cells_by_metric[metric] = group(runs, metric, opt.dataset, opt.min_epochs, notes if i == 0 else None)
-    rendered = {"markdown": render_markdown(cells_by_metric, metrics), "csv": render_csv(cells_by_metric, metrics)}
+    groups = group_runs(runs, opt.dataset, opt.min_epochs, notes)
+    rendered = {"markdown": render_markdown(groups, metrics, opt.all), "csv": render_csv(groups, metrics, opt.all)}
     text = rendered[opt.format]
     if opt.output:
         Path(opt.output).write_text(text)
@@ -619,8 +891,9 @@ def main(argv: Sequence[str] | None = None) -> str:
             parser.error(str(err))
         written += save_figures(figures, Path(opt.plots))
     n_student = sum(r.kind == "student" for r in runs)
+    n_outside = sum(len(g.runs) for g in outside_groups(groups))
     print(f"collected {n_student} distillation and {len(runs) - n_student} vanilla runs "
-          f"from {opt.root} and {opt.vanilla_root}", file=sys.stderr)
+          f"from {opt.root} and {opt.vanilla_root}; {n_outside} outside the published recipe", file=sys.stderr)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     for note in dict.fromkeys(notes):

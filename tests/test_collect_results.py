@@ -39,11 +39,38 @@ cr = _load_collect()
 # fake runs
 
 
-def write_run(folder: Path, accs: list[float]) -> None:
+# The published CIFAR-100 recipe, written out from the CRD paper (lr 0.01 for the small models).
+RECIPE = {"dataset": "cifar100", "train_subset": "full", "test_subset": "full", "epochs": 240, "batch_size": 64,
+          "learning_rate": 0.05, "lr_decay_epochs": [150, 180, 210], "lr_decay_rate": 0.1, "weight_decay": 0.0005,
+          "momentum": 0.9, "amp": False, "channels_last": False, "compile": False, "world_size": 1}
+SMALL_LR = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+
+
+def recipe_settings(folder: Path) -> dict:
+    """A run.json ``settings`` of the published recipe for the model(s) named by the folder."""
+    fields = cr.parse_run_name(folder.name)
+    if fields:
+        model = fields["student"]
+        extra = {"model_s": model, "model_t": fields["teacher"], "distill": fields["distill"], "kd_T": 4.0,
+                 "gamma": fields["gamma"], "alpha": fields["alpha"], "beta": fields["beta"],
+                 "logit_stand": fields["logit_stand"]}
+    else:
+        model = cr.parse_vanilla_name(folder.name)["model"]
+        extra = {"model": model}
+    return dict(RECIPE, learning_rate=0.01 if model in SMALL_LR else 0.05, **extra)
+
+
+def write_run(folder: Path, accs: list[float], last_epoch: int = 240, record: bool = True, **settings) -> None:
+    """A run folder: ``accs`` are the test accuracies of its last ``len(accs)`` epochs, ending at
+    ``last_epoch``; ``run.json`` holds the recipe's settings, changed by ``settings`` (none without
+    ``record``: a run from before run.json existed)."""
     folder.mkdir(parents=True)
     rows = [{"epoch": e, "lr": 0.05, "train_loss": 1.0, "test_acc": a, "test_acc_top5": 90.0}
-            for e, a in enumerate(accs, start=1)]
+            for e, a in enumerate(accs, start=last_epoch - len(accs) + 1)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if record:
+        record_settings = dict(recipe_settings(folder), **settings)
+        (folder / "run.json").write_text(json.dumps({"format": 1, "seed": 0, "settings": record_settings}))
 
 
 def student_dir(root: Path, s: str, t: str, distill: str, r: float, a: float, b: float, trial: int) -> Path:
@@ -132,7 +159,7 @@ def test_labels():
 
 def test_markdown_cells(runs):
     root, vanilla = runs
-    text = cr.main(["--root", str(root), "--vanilla_root", str(vanilla)])
+    text = cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--all"])
     tables = md_tables(text)
     assert len(tables) == 4  # two tables x (last, best)
     pair = ("resnet32x4", "resnet8x4")
@@ -171,7 +198,8 @@ def test_markdown_cells(runs):
     title1 = next(k for k in tables if k.startswith("Table 1:") and "last-epoch" in k)
     labels = [k for k in tables[title1] if k != "method"]
     assert labels == cr.ROWS + ["FitNet+KD"]
-    assert labels[:4] == ["Teacher", "Student", "KD", "FitNet"] and labels[-3:-1] == ["RRD", "RRD+KD"]
+    assert labels[:4] == ["Teacher", "Student", "KD", "FitNet"] and labels[17:19] == ["RRD", "RRD+KD"]
+    assert labels[-2:] == ["DIST+LS", "FitNet+KD"]
     title2 = next(k for k in tables if k.startswith("Table 2:") and "last-epoch" in k)
     assert set(tables[title2]["FSP"][1::3]) == {"–"}
 
@@ -181,17 +209,19 @@ def test_metric_flag_and_min_epochs(runs):
     text = cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "best"])
     tables = md_tables(text)
     assert len(tables) == 2 and all("best-epoch" in k for k in tables)
-    # --min_epochs 4 keeps only the 4-epoch run
-    tables = md_tables(cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "last",
-                                "--min_epochs", "4"]))
-    assert md_cell(tables, 1, "last-epoch", "KD", ("resnet32x4", "resnet8x4"))[0] == "–"
-    assert md_cell(tables, 2, "last-epoch", "KD", ("wrn_40_2", "ShuffleV1"))[0] == fmt(74.1, 0.0, 1)
+    # --min_epochs drops runs that stop before it: a run stopped at epoch 100 is gone, the rest stay
+    write_run(student_dir(root, "resnet8x4", "resnet32x4", "kd", 0.1, 0.9, 0, 7), [50.0], last_epoch=100)
+    for min_epochs, outside in (("0", True), ("240", False)):
+        text = cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "last",
+                        "--min_epochs", min_epochs])
+        assert ("stopped at epoch 100 of 240" in text) is outside
+        assert md_cell(md_tables(text), 2, "last-epoch", "KD", ("wrn_40_2", "ShuffleV1"))[0] == fmt(74.1, 0.0, 1)
 
 
 def test_csv_output(runs, tmp_path):
     root, vanilla = runs
     out = tmp_path / "results.csv"
-    cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--format", "csv", "--output", str(out)])
+    cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--format", "csv", "--output", str(out), "--all"])
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == cr.CSV_FIELDS
 
@@ -214,6 +244,13 @@ def test_csv_output(runs, tmp_path):
     # every (metric, table pair, paper row) appears once
     n_pairs = len(cr.TABLE1_PAIRS) + len(cr.TABLE2_PAIRS)
     assert len([r for r in rows if r["method"] in cr.ROWS]) == 2 * n_pairs * len(cr.ROWS)
+    # without --all: the measured cells only
+    cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--format", "csv", "--output", str(out)])
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert rows and all(r["mean"] and int(r["n"]) > 0 for r in rows)
+    assert {(r["method"], r["student"]) for r in rows if r["metric"] == "last"} == {
+        ("Teacher", "resnet8x4"), ("Student", "resnet8x4"), ("KD", "resnet8x4"), ("CRD", "resnet8x4"),
+        ("CRD+KD", "resnet8x4"), ("FitNet+KD", "wrn_16_2"), ("KD", "ShuffleV1")}
 
 
 def test_cli_is_torch_free(runs, tmp_path):
@@ -254,7 +291,143 @@ def test_embedded_published_values_match_reference():
     path = REFERENCE / "paper_tables.md"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    assert cr.PUBLISHED == _published_from_markdown(path)
+    reference = _published_from_markdown(path)
+    rows = {label for _, _, label in reference}
+    assert {k: v for k, v in cr.PUBLISHED.items() if k[2] in rows} == reference
+
+
+# Later methods, written out from their authors' READMEs (sources in collect_results.py):
+# (teacher, student) -> value, only the pairs each README lists.
+LATER_PUBLISHED = {
+    "DKD": {("resnet56", "resnet20"): 71.97, ("resnet110", "resnet32"): 74.11, ("resnet32x4", "resnet8x4"): 76.32,
+            ("wrn_40_2", "wrn_16_2"): 76.23, ("wrn_40_2", "wrn_40_1"): 74.81, ("vgg13", "vgg8"): 74.68,
+            ("resnet32x4", "ShuffleV1"): 76.45, ("wrn_40_2", "ShuffleV1"): 76.70, ("vgg13", "MobileNetV2"): 69.71,
+            ("ResNet50", "MobileNetV2"): 70.35, ("resnet32x4", "ShuffleV2"): 77.07},
+    "DIST": {("wrn_40_2", "wrn_40_1"): 74.43, ("resnet56", "resnet20"): 71.75, ("resnet32x4", "resnet8x4"): 76.31,
+             ("ResNet50", "MobileNetV2"): 68.66, ("resnet32x4", "ShuffleV1"): 76.34,
+             ("resnet32x4", "ShuffleV2"): 77.35},
+    "KD+LS": {("resnet32x4", "resnet8x4"): 76.62, ("vgg13", "vgg8"): 74.36, ("wrn_40_2", "wrn_40_1"): 74.37,
+              ("wrn_40_2", "wrn_16_2"): 76.11, ("resnet56", "resnet20"): 71.43, ("resnet110", "resnet32"): 74.17,
+              ("resnet110", "resnet20"): 71.48, ("resnet32x4", "ShuffleV2"): 75.56,
+              ("vgg13", "MobileNetV2"): 68.61, ("ResNet50", "MobileNetV2"): 69.02},
+    "DKD+LS": {("resnet32x4", "resnet8x4"): 77.01, ("vgg13", "vgg8"): 74.81, ("wrn_40_2", "wrn_40_1"): 74.89,
+               ("wrn_40_2", "wrn_16_2"): 76.39, ("resnet56", "resnet20"): 72.32, ("resnet110", "resnet32"): 74.29,
+               ("resnet110", "resnet20"): 71.85, ("resnet32x4", "ShuffleV2"): 77.37,
+               ("vgg13", "MobileNetV2"): 69.98, ("ResNet50", "MobileNetV2"): 70.45},
+}
+
+
+def test_later_methods_published_values():
+    for label, values in LATER_PUBLISHED.items():
+        assert {k[:2]: v for k, v in cr.PUBLISHED.items() if k[2] == label} == values, label
+    for label in ("OFD", "KDSVD", "ReviewKD", "DIST+LS"):  # no number from the authors found: none invented
+        assert not [k for k in cr.PUBLISHED if k[2] == label]
+
+
+# ---------------------------------------------------------------------------------------------
+# comparability: only recipe runs in the paper tables, cells never pool different settings
+
+
+def md_rows(text: str, title_start: str) -> list[list[str]]:
+    """The body rows of the first ``### <title_start>...`` table, as lists of cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"### {title_start}"))
+    rows = []
+    for line in lines[start + 3:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_mixed_runs_are_never_pooled(tmp_path, capsys):
+    root, vanilla = tmp_path / "students", tmp_path / "models"
+
+    def kd(trial, teacher="resnet32x4", student="resnet8x4"):
+        return student_dir(root, student, teacher, "kd", 0.1, 0.9, 0, trial)
+
+    write_run(kd(1), [72.0, 73.5])  # the published recipe, two seeds
+    write_run(kd(2), [72.0, 73.9])
+    write_run(kd(3), [3.4], last_epoch=1, epochs=1, train_subset=10000)  # pooled with the next one before
+    write_run(kd(4), [1.2], last_epoch=1, epochs=1, train_subset=640)
+    write_run(kd(5), [2.0], last_epoch=1, epochs=1, train_subset=640, amp=True)
+    write_run(kd(6), [60.0], last_epoch=100)  # the recipe, still training
+    write_run(kd(7), [70.0], record=False)  # from before run.json: recipe unknown
+    write_run(kd(1, "vgg13", "vgg8"), [72.6], kd_T=4.0)  # two recipe runs that differ in kd_T only
+    write_run(kd(2, "vgg13", "vgg8"), [71.5], kd_T=3.0)
+    write_run(vanilla / "resnet32x4_vanilla", [79.3])
+    # a 1-epoch, 10,000-image run: it made the paper's Student cell read "3.23±0.00 (1) | 72.50 | -69.27"
+    write_run(vanilla / "resnet8x4_vanilla", [3.23], last_epoch=1, epochs=1, train_subset=10000)
+
+    text = cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "last"])
+    err = capsys.readouterr().err
+    tables = md_tables(text)
+    assert [k.split(",")[0] for k in tables] == ["Table 1: same-family teacher/student", OUTSIDE := cr.OUTSIDE_TITLE]
+    table1 = tables[next(iter(tables))]
+    # one column (the only pair with a recipe student), rows with a cell only: the two recipe seeds
+    assert list(table1) == ["method", "Teacher", "KD"]
+    assert table1["method"] == ["resnet32x4 → resnet8x4", "paper", "Δ"]
+    assert table1["KD"] == [fmt(73.7, statistics.stdev([73.5, 73.9]), 2), "73.33", f"{73.7 - 73.33:+.2f}"]
+    assert table1["Teacher"] == [fmt(79.3, 0.0, 1), "79.42", f"{79.3 - 79.42:+.2f}"]
+
+    # everything else: one row per setting, named by how it differs, never averaged together
+    assert md_rows(text, OUTSIDE) == [
+        ["resnet32x4 → resnet8x4", "KD", "recipe unknown (no run.json), trial 7, 240 epochs logged", fmt(70.0, 0, 1)],
+        ["resnet32x4 → resnet8x4", "KD", "stopped at epoch 100 of 240", fmt(60.0, 0, 1)],
+        ["resnet32x4 → resnet8x4", "KD", "train 10000, epochs 1", fmt(3.4, 0, 1)],
+        ["resnet32x4 → resnet8x4", "KD", "train 640, epochs 1", fmt(1.2, 0, 1)],
+        ["resnet32x4 → resnet8x4", "KD", "train 640, epochs 1, amp", fmt(2.0, 0, 1)],
+        ["vgg13 → vgg8", "KD", "published recipe, kd_T 3.0", fmt(71.5, 0, 1)],
+        ["vgg13 → vgg8", "KD", "published recipe, kd_T 4.0", fmt(72.6, 0, 1)],
+        ["resnet8x4", "vanilla", "train 10000, epochs 1", fmt(3.23, 0, 1)],
+    ]
+    # no published value or difference next to any of them
+    assert "72.50" not in text and "-69.27" not in text
+    assert "KD vgg13->vgg8: 2 groups follow the recipe but differ in kd_T" in err
+    assert "8 outside the published recipe" in err
+
+    out = tmp_path / "out"
+    cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--out_dir", str(out), "--metric", "last"])
+    rows = [r for r in csv.DictReader(io.StringIO((out / "results.csv").read_text())) if r["table"] == "outside_recipe"]
+    assert [(r["method"], r["teacher"], r["student"], r["n"], r["differs"]) for r in rows][2:4] == [
+        ("KD", "resnet32x4", "resnet8x4", "1", "train 10000, epochs 1"),
+        ("KD", "resnet32x4", "resnet8x4", "1", "train 640, epochs 1")]
+    assert rows[-1]["method"] == "vanilla" and rows[-1]["teacher"] == "" and float(rows[-1]["mean"]) == 3.23
+
+    # the function for other scripts refuses to average different settings
+    with pytest.raises(ValueError, match="different settings"):
+        cr.collect_accuracies(root, vanilla)
+
+
+def test_empty_tables_are_not_printed(tmp_path):
+    root = tmp_path / "students"
+    write_run(student_dir(root, "resnet8", "resnet20", "kd", 0.1, 0.9, 0, 1), [30.0], last_epoch=2, epochs=2)
+    text = cr.main(["--root", str(root), "--vanilla_root", "", "--metric", "last"])
+    assert [line for line in text.splitlines() if line.startswith("###")] == [
+        f"### {cr.OUTSIDE_TITLE}, last-epoch test accuracy (%)"]
+    assert len(text.splitlines()) < 10
+    assert "No runs found." in cr.main(["--root", str(tmp_path / "none"), "--vanilla_root", ""])
+
+
+def test_logit_standardisation_and_later_method_labels(tmp_path):
+    f = cr.parse_run_name("S:resnet8x4_T:resnet32x4_cifar100_kd_r:0.1_a:0.9_b:0_ls_1")
+    assert f["logit_stand"] and (f["beta"], f["trial"]) == (0.0, "1")
+    f = cr.parse_run_name("S:resnet8x4_T:resnet32x4_cifar100_kd_r:0.1_a:0.9_b:0_1")
+    assert not f["logit_stand"] and f["trial"] == "1"
+    assert [cr.method_label(d, 0.0) for d in ("dkd", "dist", "reviewkd", "ofd", "kdsvd")] == [
+        "DKD", "DIST", "ReviewKD", "OFD", "KDSVD"]
+    assert [cr.method_label(d, a, True) for d, a in (("kd", 0.9), ("dkd", 0.0), ("dist", 0.0))] == [
+        "KD+LS", "DKD+LS", "DIST+LS"]
+    root = tmp_path / "students"
+    write_run(root / "S:resnet8x4_T:resnet32x4_cifar100_kd_r:0.1_a:0.9_b:0.0_ls_1", [76.0])
+    write_run(root / "S:resnet8x4_T:resnet32x4_cifar100_kd_r:0.1_a:0.9_b:0.0_1", [73.0])
+    write_run(root / "S:resnet8x4_T:resnet32x4_cifar100_dkd_r:1.0_a:0.0_b:1.0_ls_1", [77.5])
+    tables = md_tables(cr.main(["--root", str(root), "--vanilla_root", "", "--metric", "last"]))
+    (table1,) = tables.values()
+    assert table1["KD"] == [fmt(73.0, 0, 1), "73.33", f"{73.0 - 73.33:+.2f}"]
+    assert table1["KD+LS"] == [fmt(76.0, 0, 1), "76.62", f"{76.0 - 76.62:+.2f}"]
+    assert table1["DKD+LS"] == [fmt(77.5, 0, 1), "77.01", f"{77.5 - 77.01:+.2f}"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +461,7 @@ def more_runs(runs: tuple[Path, Path]) -> tuple[Path, Path]:
 def test_other_pairs_table(more_runs):
     root, vanilla = more_runs
     tables = md_tables(cr.main(["--root", str(root), "--vanilla_root", str(vanilla), "--metric", "last"]))
-    assert len(tables) == 3
+    assert len(tables) == 3  # Tables 1, 2 (measured parts) and the other pairs
     (title,) = [k for k in tables if k.startswith("Other pairs")]
     other = tables[title]
     assert list(other) == ["method", "Teacher", "Student", "KD", "CRD+KD"]
@@ -331,7 +504,7 @@ def test_collect_accuracies_and_render_pairs(more_runs):
     assert acc[("resnet32x4", "resnet8x4", "FitNet+KD")] == [72.9]
     assert acc[("resnet32x4", "resnet8x4", "Teacher")] == [79.1, 79.5]
     assert cr.collect_accuracies(root, vanilla, metric="best")[("resnet20", "resnet8", "KD")] == [30.0, 35.0]
-    assert cr.collect_accuracies(root, vanilla, min_epochs=3)[("resnet20", "resnet8", "KD")] == [35.0]
+    assert cr.collect_accuracies(root, vanilla, min_epochs=241) == {}
     with pytest.raises(ValueError, match="metric"):
         cr.collect_accuracies(root, vanilla, metric="mean")
 
@@ -365,7 +538,7 @@ def test_curve_figures(more_runs):
     (ax,) = figures["curves_resnet32x4_resnet8x4.png"].axes
     lines = _lines(ax)
     kd = STUDENT_RUNS[("resnet32x4", "resnet8x4", "kd", 0.1, 0.9, 0)]
-    assert lines["KD (2)"][0] == [1, 2, 3]
+    assert lines["KD (2)"][0] == [238, 239, 240]
     assert lines["KD (2)"][1] == pytest.approx([statistics.mean(v) for v in zip(*kd.values())])
     assert lines["CRD (1)"][1] == pytest.approx([62.5, 75.0, 74.9])
     assert lines["Student (vanilla) (1)"][1] == pytest.approx([65.0, 72.8, 72.4])
@@ -376,13 +549,13 @@ def test_curve_figures(more_runs):
 
     (band,) = [c for c in ax.collections if tuple(c.get_facecolor()[0][:3]) == to_rgba(line_colors["KD (2)"])[:3]]
     vertices = band.get_paths()[0].vertices
-    for epoch, values in zip([1, 2, 3], zip(*kd.values())):
+    for epoch, values in zip([238, 239, 240], zip(*kd.values())):
         ys = vertices[vertices[:, 0] == epoch][:, 1]
         assert min(ys) == pytest.approx(min(values)) and max(ys) == pytest.approx(max(values))
 
-    # trials of different lengths: each epoch averages the trials that reached it
+    # trials that logged different epochs: each epoch averages the trials that logged it
     lines = _lines(figures["curves_resnet20_resnet8.png"].axes[0])
-    assert lines["KD (2)"] == ([1, 2, 3], pytest.approx([21.0, 30.5, 35.0]))
+    assert lines["KD (2)"] == ([238, 239, 240], pytest.approx([22.0, (20.0 + 31.0) / 2, (30.0 + 35.0) / 2]))
     assert lines["Student (vanilla) (2)"][1] == pytest.approx([18.5, 27.5, 30.0])
     assert lines["Teacher (final) (1)"][1] == pytest.approx([41.5, 41.5])
 
@@ -431,12 +604,11 @@ def test_plots_cli_writes_pngs(more_runs, tmp_path):
     root, vanilla = more_runs
     proc = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), "--root", str(root),
                            "--vanilla_root", str(vanilla), "--plots", str(tmp_path / "plots"),
-                           "--min_epochs", "3"], capture_output=True, text=True, timeout=120)
+                           "--min_epochs", "240"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     written = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    # --min_epochs 3 drops the 2-epoch FitNet+KD run: no wrn_40_2 -> wrn_16_2 plot
-    assert written == ["curves_resnet20_resnet8.png", "curves_resnet32x4_resnet8x4.png",
-                       "curves_wrn_40_2_ShuffleV1.png", "gain_resnet20_resnet8.png", "gain_resnet32x4_resnet8x4.png"]
+    assert written == ["curves_resnet20_resnet8.png", "curves_resnet32x4_resnet8x4.png", "curves_wrn_40_2_ShuffleV1.png",
+                       "curves_wrn_40_2_wrn_16_2.png", "gain_resnet20_resnet8.png", "gain_resnet32x4_resnet8x4.png"]
     for name in written:
         width, height = _png_size(tmp_path / "plots" / name)
         assert width > 200 and height > 200
@@ -589,13 +761,16 @@ def test_renders_runs_made_by_train_student(tmp_path, capsys):
             "--data_folder", str(data), "--save_folder", str(tmp_path / "students"),
         ])
     capsys.readouterr()
+    # each run recorded its settings when it started
+    for distill in ("kd", "attention"):
+        record = json.loads((Path(results[distill]["run_dir"]) / "run.json").read_text())
+        assert (record["seed"], record["trial"]) == (0, "1")
+        assert (record["settings"]["epochs"], record["settings"]["batch_size"]) == (1, 16)
+        assert record["settings"]["distill"] == distill and record["settings"]["train_subset"] == "full"
     table = cr.main(["--root", str(tmp_path / "students"), "--vanilla_root", str(tmp_path / "models"),
-                                  "--metric", "last"])
-    header = next(line for line in table.splitlines() if "resnet32x4" in line and "resnet8x4" in line)
-    column = [c.strip() for c in header.split("|")].index(
-        next(c.strip() for c in header.split("|") if "resnet32x4" in c and "resnet8x4" in c))
-    table_one = table[table.index(header):]
+                     "--metric", "last"])
+    # 1 epoch at batch 16: not the published recipe, so not in the paper tables
+    assert not [line for line in table.splitlines() if line.startswith("### Table")]
     for label, distill in (("KD", "kd"), ("AT", "attention")):
-        row = next(line for line in table_one.splitlines() if line.startswith(f"| {label} |"))
-        cell = [c.strip() for c in row.split("|")][column]
-        assert cell.startswith(f"{results[distill]['last_acc']:.2f}") and "(1)" in cell, (label, row)
+        cell = f"{results[distill]['last_acc']:.2f}±0.00 (1)"
+        assert f"| resnet32x4 → resnet8x4 | {label} | epochs 1, batch 16 | {cell} |" in table
