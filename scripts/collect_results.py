@@ -501,9 +501,15 @@ def table_rows(cells: Mapping[Key, object], pairs: Sequence[tuple[str, str]]) ->
 
 def found_rows(cells: Mapping[Key, object], pairs: Sequence[tuple[str, str]]) -> list[str]:
     """Teacher and Student, then the labels measured on these pairs: the papers' rows in their order,
-    then any other label, sorted."""
+    then any other label (by the paper row it extends, then by name)."""
     found = {label for (t, s, label) in cells if (t, s) in pairs}
-    return ["Teacher", "Student"] + [r for r in ROWS[2:] if r in found] + sorted(found - set(ROWS))
+    return ["Teacher", "Student"] + [r for r in ROWS[2:] if r in found] + sorted(found - set(ROWS), key=_row_order)
+
+
+def _row_order(label: str) -> tuple[int, str]:
+    """Labels outside the paper rows: a figure's ``KD [epochs 1]`` next to where KD would be."""
+    base = label.split(" [")[0]
+    return (ROWS.index(base) if base in ROWS else len(ROWS), label)
 
 
 def method_labels(cells: Mapping[Key, object], pair: tuple[str, str]) -> list[str]:
