@@ -68,7 +68,7 @@ LABELS = {"kd": "KD", "hint": "FitNet", "attention": "AT", "similarity": "SP", "
           "wcord": "WCoRD", "rrd": "RRD"}
 PAPER_ALPHA = {"kd": 0.9}  # every other method: 0
 
-# Published CIFAR-100 top-1 (%), last epoch; transcribed from shared/reference/paper_tables.md
+# Published CIFAR-100 top-1 (%), last epoch, transcribed from the papers
 # (CRD paper Tables 1 and 2; CRD+KD from reproductions of the table; WCoRD+KD; RRD authors' README).
 # One list per row, in the column order of TABLE1_PAIRS / TABLE2_PAIRS; None = N/A or absent.
 _PUBLISHED_TABLE1 = {
