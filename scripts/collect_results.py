@@ -98,7 +98,7 @@ SETTING_NAMES = {"train_subset": "train", "test_subset": "test", "batch_size": "
 
 # Published CIFAR-100 top-1 (%), last epoch. One list per row, in the column order of TABLE1_PAIRS /
 # TABLE2_PAIRS; None = N/A or not published for that pair.
-# Teacher ... RRD+KD: transcribed from shared/reference/paper_tables.md (CRD paper Tables 1 and 2;
+# Teacher ... RRD+KD: transcribed from the papers (CRD paper Tables 1 and 2;
 # CRD+KD from reproductions of the table; WCoRD+KD; RRD authors' README).
 # DKD: the DKD authors' README, github.com/megvii-research/mdistiller (commit a08d46f); its column
 #   "ResNet32x4 / MobileNet-V2" (KD 74.45, DKD 77.07) is resnet32x4 -> ShuffleV2 (KD 74.45 is the CRD
@@ -109,7 +109,6 @@ SETTING_NAMES = {"train_subset": "train", "test_subset": "test", "batch_size": "
 #   (commit 07356ad), rows "KD+Ours" and "DKD+Ours".
 # OFD, KDSVD, ReviewKD, DIST+LS: no number from the authors was found; these rows stay unpublished.
 _PUBLISHED_TABLE1 = {
-
     "Teacher":  [75.61, 75.61, 72.34, 74.31, 74.31, 79.42, 74.64],
     "Student":  [73.26, 71.98, 69.06, 69.06, 71.14, 72.50, 70.36],
     "KD":       [74.92, 73.54, 70.66, 70.67, 73.08, 73.33, 72.98],

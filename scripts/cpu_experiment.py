@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A distillation experiment sized for a 2-core CPU: proof of learning without a GPU.
 
-    python scripts/cpu_experiment.py --data_folder ../shared/data --out cpu_experiment
+    python scripts/cpu_experiment.py --data_folder ./data --out cpu_experiment
 
 On the real CIFAR-100 it trains a small teacher (resnet14, 4 epochs on all 50,000 images), then a
 smaller student (resnet8, 2 epochs on the first 25,000) three ways (vanilla, KD, CRD+KD) with several
@@ -44,7 +44,7 @@ STUDENT_RUNS = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_folder", default="../shared/data", help="folder holding cifar-100-python/")
+    p.add_argument("--data_folder", default="./data", help="folder holding cifar-100-python/")
     p.add_argument("--out", default="cpu_experiment", help="output folder (must not hold earlier runs)")
     p.add_argument("--teacher", default="resnet14")
     p.add_argument("--student", default="resnet8")

@@ -7,6 +7,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# The real CIFAR-100 and the reference's specs are not part of the repository: they are read from a
+# data folder beside the checkout (named by KD_SHARED; by default ``shared`` next to the repository
+# root), as ``data/cifar-100-python/`` and ``reference/*.json|md``. Tests that need them skip with a
+# reason when they are absent.
 SHARED = Path(os.environ.get("KD_SHARED", ROOT.parent / "shared"))
 REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"

@@ -1,5 +1,5 @@
 """scripts/cpu_experiment.py end to end at a tiny size on the real CIFAR-100 (the full-size run's
-table is in the README)."""
+table is in docs/experiments.md)."""
 from __future__ import annotations
 
 import json

@@ -3,7 +3,7 @@ sampling, ImageFolder, and the (sharded) loaders.
 
 Every check compares against an independent computation: the raw pickle rows, torchvision's functional
 transforms applied image by image, or plain Python loops over the labels. Real-data checks are marked
-``slow`` (pytest -m slow) and skip when the shared CIFAR-100 is absent.
+``slow`` (pytest -m slow) and skip when the real CIFAR-100 (conftest.py) is absent.
 """
 from __future__ import annotations
 

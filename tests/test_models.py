@@ -1,4 +1,5 @@
-"""Every backbone against the reference spec in shared/reference/cifar_models.json."""
+"""Every backbone against the reference's spec (cifar_models.json in the reference folder beside the
+checkout, see conftest.py)."""
 import io
 import json
 

@@ -30,7 +30,7 @@ from kdzoo.helper.trainer import ClassificationTask
 from kdzoo.helper.util import AverageMeter, accuracy, correct_topk
 from kdzoo.models import model_dict
 
-# The reference's CIFAR-100 normalisation (shared/reference/methods.md), written out independently.
+# The reference's CIFAR-100 normalisation (its dataset code's constants), written out independently.
 REF_MEAN = (0.5071, 0.4867, 0.4408)
 REF_STD = (0.2675, 0.2565, 0.2761)
 
