@@ -213,16 +213,15 @@ class _BankScores(torch.autograd.Function):
         """The bank the forward scored against, as a tensor ``base`` and a correction
         ``(rows, keep, delta)``: it equals ``base`` but for ``base[rows] + delta`` where ``keep`` is 1."""
         writes = ctx.writes
-        whole = next((i for i, (rows, _, _) in enumerate(writes) if rows is None), None)
-        if whole is None:
+        if ctx.detached:  # the whole copy is its last write: nothing was recorded after it
+            base, writes = writes[-1][1], writes[:-1]
+        else:
             base = ctx.memory
             if base._version != ctx.version:
                 raise RuntimeError(
                     "the CRD memory bank was modified in place, outside ContrastMemory, between a forward "
                     "and its backward pass; the full-bank scoring path cannot compute this gradient. Change "
                     "the bank only through ContrastMemory (forward, load_state_dict), or use scoring='gather'.")
-        else:
-            base, writes = writes[whole][1], writes[:whole]
         if not writes:
             return base, None
         if len(writes) == 1:
