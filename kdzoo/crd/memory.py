@@ -19,6 +19,7 @@ global batch.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional
 
 import torch
@@ -87,17 +88,98 @@ def _check_equal_batches(local: int, world: int, device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- full-bank scoring
 
-class _UpdatePatch:
-    """What the momentum update changed in a bank after it was scored: the rows ``y``, their
-    ``old - new`` values, a mask counting each row once, and the bank's version after the update."""
+def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
+    """Mask of the first position of each value in ``rows`` (1-D), without a host sync."""
+    return _last_occurrence(rows.flip(0))[1].flip(0)
 
-    __slots__ = ("rows", "delta", "keep", "version")
+
+# The raw handles, where torch has them, answer without unpacking: unpacking could copy the saved
+# indices back to the device under saved-tensor hooks (e.g. torch.autograd.graph.save_on_cpu).
+_SAVED = "_raw_saved_tensors" if hasattr(torch._C._FunctionBase, "_raw_saved_tensors") else "saved_tensors"
+
+
+def _awaits_backward(node) -> bool:
+    """Whether a :class:`_BankScores` node can still run its backward: autograd frees a node's saved
+    tensors once a backward without ``retain_graph`` has gone through it."""
+    try:
+        getattr(node, _SAVED)
+    except RuntimeError:
+        return False
+    return True
+
+
+class _PendingReads:
+    """The full-bank forwards of a memory whose backward is still to run, and what each of them
+    needs of its bank as it was at its forward.
+
+    The backward of :class:`_BankScores` reads the bank when it runs. Every write into a bank goes
+    through :meth:`write_rows` or :meth:`before_overwrite`, which first hand each waiting forward
+    the values the write destroys: the old rows (one tensor shared by all of them), or one shared
+    copy of the whole bank before everything is overwritten (``load_state_dict``) or once a
+    forward's saved rows would outgrow one bank (a graph kept for many steps); after a whole copy
+    the forward no longer depends on the live bank. In the ordinary order (forward, backward,
+    forward, ...) the only write between a forward and its backward is that forward's own momentum
+    update, whose old rows the update reads anyway; any other order keeps only the rows it
+    overwrites while a backward is pending.
+
+    Each node carries ``memory`` (the bank it scored against), ``writes`` (chronological
+    ``(rows, old values, first-of-each-row mask)``, ``rows=None`` for a whole copy), ``saved_rows``,
+    ``detached`` (holds a whole copy) and ``version`` (the bank's version after the last write it
+    was told of, so that a write that bypassed this class raises instead of giving a wrong gradient).
+    A copy of the module (``deepcopy``, pickling) starts with none: the nodes belong to the original.
+    """
 
     def __init__(self) -> None:
-        self.rows: Optional[torch.Tensor] = None
-        self.delta: Optional[torch.Tensor] = None
-        self.keep: Optional[torch.Tensor] = None
-        self.version: int = -1
+        self._nodes: list[weakref.ref] = []
+
+    def __deepcopy__(self, memo: dict) -> "_PendingReads":
+        return _PendingReads()
+
+    def __reduce__(self):
+        return (_PendingReads, ())
+
+    def add(self, node) -> None:
+        self._nodes.append(weakref.ref(node))
+
+    def waiting(self, memory: torch.Tensor) -> list:
+        """The nodes whose backward will still read ``memory``; forgets finished and freed ones."""
+        kept, found = [], []
+        for ref in self._nodes:
+            node = ref()
+            if node is None or node.detached or not _awaits_backward(node):
+                continue
+            kept.append(ref)
+            if node.memory is memory:
+                found.append(node)
+        self._nodes = kept
+        return found
+
+    @torch.no_grad()
+    def before_overwrite(self, memory: torch.Tensor, nodes: Optional[list] = None) -> None:
+        """Give the waiting nodes (or ``nodes``) one shared copy of ``memory`` before all of it changes."""
+        nodes = self.waiting(memory) if nodes is None else nodes
+        if nodes:
+            whole = memory.clone()
+            for node in nodes:
+                node.writes.append((None, whole, None))
+                node.detached = True
+
+    @torch.no_grad()
+    def write_rows(self, memory: torch.Tensor, rows: torch.Tensor, old: torch.Tensor, keep: torch.Tensor,
+                   new: torch.Tensor) -> None:
+        """``memory[rows] = new``, where ``old`` holds ``memory[rows]`` and ``keep`` marks one
+        position of each row."""
+        nodes = self.waiting(memory)
+        n = rows.numel()
+        self.before_overwrite(memory, [node for node in nodes if node.saved_rows + n > memory.shape[0]])
+        before = memory._version
+        memory.index_copy_(0, rows, new)
+        for node in nodes:
+            if not node.detached:
+                node.writes.append((rows, old, keep))
+                node.saved_rows += n
+                if node.version == before:  # otherwise an unknown write came first: keep the mismatch
+                    node.version = memory._version
 
 
 _BACKWARD_ROWS = 16
@@ -110,47 +192,63 @@ class _BankScores(torch.autograd.Function):
     Autograd would keep a reference to the bank for the backward pass and then refuse it, since the
     momentum update writes into the bank in place before backward runs (and copying the bank every
     step would double this path's memory traffic and hold a second bank until backward). So the
-    backward pass uses the bank as it is then and adds back the pre-update values of the rows the
-    update changed (``patch``):
-    ``grad_v = G @ M_old = G @ M_now + G[:, y] @ (M_old[y] - M_now[y])`` with ``G`` the score
-    gradient scattered to ``B x n_data``. If anything else wrote to the bank in between, the
-    version check raises instead of returning wrong gradients.
+    backward pass uses the bank as it is then and puts back what the writes since the forward
+    changed, as :class:`_PendingReads` recorded it (or a whole copy it saved):
+    ``grad_v = G @ M_then = G @ M_now + G[:, rows] @ (M_then[rows] - M_now[rows])`` with ``G`` the
+    score gradient scattered to ``B x n_data``.
     """
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, memory: torch.Tensor, idx: torch.Tensor,  # type: ignore[override]
-                patch: _UpdatePatch) -> torch.Tensor:
+    def forward(ctx, v: torch.Tensor, memory: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         with torch.autocast(v.device.type, enabled=False):  # scores in the bank's precision
             scores = torch.mm(v.to(memory.dtype), memory.t()).gather(1, idx)
         ctx.save_for_backward(idx)
         ctx.memory = memory  # not saved as a tensor on purpose: see the class docstring
-        ctx.patch = patch
+        ctx.writes, ctx.saved_rows, ctx.detached, ctx.version = [], 0, False, memory._version
         ctx.v_dtype = v.dtype
-        patch.version = memory._version
         return scores
+
+    @staticmethod
+    def bank_then(ctx) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """The bank the forward scored against, as a tensor ``base`` and a correction
+        ``(rows, keep, delta)``: it equals ``base`` but for ``base[rows] + delta`` where ``keep`` is 1."""
+        writes = ctx.writes
+        if ctx.detached:  # the whole copy is its last write: nothing was recorded after it
+            base, writes = writes[-1][1], writes[:-1]
+        else:
+            base = ctx.memory
+            if base._version != ctx.version:
+                raise RuntimeError(
+                    "the CRD memory bank was modified in place, outside ContrastMemory, between a forward "
+                    "and its backward pass; the full-bank scoring path cannot compute this gradient. Change "
+                    "the bank only through ContrastMemory (forward, load_state_dict), or use scoring='gather'.")
+        if not writes:
+            return base, None
+        if len(writes) == 1:
+            rows, old, keep = writes[0]
+        else:  # several writes: the earliest old value of each row is the forward's
+            rows = torch.cat([w[0] for w in writes])
+            old = torch.cat([w[1] for w in writes])
+            keep = _first_occurrence(rows)
+        return base, (rows, keep.to(base.dtype).unsqueeze(0), old - base.index_select(0, rows))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (idx,) = ctx.saved_tensors
-        memory: torch.Tensor = ctx.memory
-        patch: _UpdatePatch = ctx.patch
-        if memory._version != patch.version:
-            raise RuntimeError(
-                "the CRD memory bank was modified between the forward and the backward pass of a step "
-                "(another forward or a load_state_dict); the full-bank scoring path cannot compute this "
-                "gradient. Run backward after each forward, or use scoring='gather'.")
-        grad = grad.to(memory.dtype)
-        grad_v = grad.new_empty(grad.shape[0], memory.shape[1])
+        base, correction = _BankScores.bank_then(ctx)
+        grad = grad.to(base.dtype)
+        grad_v = grad.new_empty(grad.shape[0], base.shape[1])
         # The scattered score gradient is B x n_data; building it a few rows at a time keeps this
         # transient small at the point where the step's memory peaks (the start of backward).
         for start in range(0, grad.shape[0], _BACKWARD_ROWS):
             rows = slice(start, start + _BACKWARD_ROWS)
-            dense = grad.new_zeros(grad[rows].shape[0], memory.shape[0]).scatter_add_(1, idx[rows], grad[rows])
-            grad_v[rows] = dense @ memory
-            if patch.rows is not None:
-                grad_v[rows] += (dense[:, patch.rows] * patch.keep) @ patch.delta
-        return grad_v.to(ctx.v_dtype), None, None, None
+            dense = grad.new_zeros(grad[rows].shape[0], base.shape[0]).scatter_add_(1, idx[rows], grad[rows])
+            grad_v[rows] = dense @ base
+            if correction is not None:
+                changed, keep, delta = correction
+                grad_v[rows] += (dense[:, changed] * keep) @ delta
+        return grad_v.to(ctx.v_dtype), None, None
 
 
 # ----------------------------------------------------------------------------- the reference memory
@@ -188,7 +286,11 @@ class ContrastMemory(nn.Module):
     Scoring (``scoring``): ``"gather"`` copies the ``B x (K+1) x D`` sampled rows and multiplies
     (the reference's way); ``"full"`` scores the batch against the whole bank (``B x n_data``) and
     picks the sampled entries; ``"auto"`` picks by :meth:`prefers_full`. Both give the same values
-    and gradients.
+    and gradients, in any call order the reference allows (several forwards before one backward,
+    forwards under ``torch.no_grad``, which move the banks too, ``load_state_dict`` between a forward
+    and its backward): each call's value and gradient are those against the banks as they were at
+    that call. The full path keeps extra memory only in the orders that need it (see
+    :class:`_PendingReads`).
 
     Differences from the reference, none in the math: no hard-coded CUDA device (runs wherever the module is),
     no ``.item()`` per step (Z is set with ``torch.where`` on the buffer the first time and a Python
@@ -214,6 +316,7 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_v1", torch.rand(outputSize, inputSize).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("memory_v2", torch.rand(outputSize, inputSize).mul_(2 * stdv).add_(-stdv))
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._pending = _PendingReads()
         self._cache_params()
 
     # -- state
@@ -225,8 +328,11 @@ class ContrastMemory(nn.Module):
         self.K, self.T, self.momentum = int(k), float(t), float(m)
         self._z_checked = False
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        for name in ("memory_v1", "memory_v2"):
+            if prefix + name in state_dict:
+                self._pending.before_overwrite(getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._cache_params()
         self._generators = {}
 
@@ -284,26 +390,26 @@ class ContrastMemory(nn.Module):
 
     # -- forward
 
-    def _scores(self, v: torch.Tensor, memory: torch.Tensor, idx: torch.Tensor, full: bool,
-                patch: _UpdatePatch) -> torch.Tensor:
+    def _scores(self, v: torch.Tensor, memory: torch.Tensor, idx: torch.Tensor, full: bool) -> torch.Tensor:
         """``<memory[idx[b, k]], v[b]>``, ``B x (K+1) x 1``, before the exponential."""
         b, k1 = idx.shape
         if full:
-            return _BankScores.apply(v, memory, idx, patch).unsqueeze(2)
+            scores = _BankScores.apply(v, memory, idx)
+            if scores.grad_fn is not None:  # its backward will read the bank: follow the writes till then
+                self._pending.add(scores.grad_fn)
+            return scores.unsqueeze(2)
         weight = torch.index_select(memory, 0, idx.reshape(-1)).detach().view(b, k1, memory.shape[1])
         return torch.bmm(weight, v.view(b, memory.shape[1], 1))
 
     @torch.no_grad()
     def _update(self, memory: torch.Tensor, v: torch.Tensor, y: torch.Tensor, src: torch.Tensor,
-                keep: torch.Tensor, patch: _UpdatePatch) -> None:
+                keep: torch.Tensor) -> None:
         """Momentum update of rows ``y`` with embeddings ``v`` (already gathered over ranks)."""
         old = torch.index_select(memory, 0, y)
         new = old.mul(self.momentum).add_(torch.mul(v, 1 - self.momentum))
         new = new.div(new.pow(2).sum(1, keepdim=True).pow(0.5)).to(memory.dtype)
-        new = new[src]  # repeated rows: every repeat writes the last occurrence's value
-        memory.index_copy_(0, y, new)
-        patch.rows, patch.delta, patch.keep = y, old - new, keep.to(memory.dtype).unsqueeze(0)
-        patch.version = memory._version
+        # repeated rows: every repeat writes the last occurrence's value
+        self._pending.write_rows(memory, y, old, keep, new[src])
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
                 idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,6 +420,8 @@ class ContrastMemory(nn.Module):
         first = not self._z_checked
         if first and distributed:
             _check_equal_batches(b, world, y.device)
+            for bank in (self.memory_v1, self.memory_v2):
+                self._pending.before_overwrite(bank)
             _broadcast_buffers(self)
         if idx is None:
             idx = self.draw(y, rank, world)
@@ -322,9 +430,8 @@ class ContrastMemory(nn.Module):
         k1 = idx.shape[1]
         full = self.use_full(b, k1)
 
-        patch_m1, patch_m2 = _UpdatePatch(), _UpdatePatch()  # one per bank
-        logit_v2 = torch.div(self._scores(v2, self.memory_v1, idx, full, patch_m1), self.T)
-        logit_v1 = torch.div(self._scores(v1, self.memory_v2, idx, full, patch_m2), self.T)
+        logit_v2 = torch.div(self._scores(v2, self.memory_v1, idx, full), self.T)
+        logit_v1 = torch.div(self._scores(v1, self.memory_v2, idx, full), self.T)
 
         if first:
             # Z_v1, Z_v2 = mean(exp score) * n_data of this (global) batch, only where not yet set
@@ -349,8 +456,8 @@ class ContrastMemory(nn.Module):
         else:
             g1, g2, gy = v1.detach(), v2.detach(), y
         src, keep = _last_occurrence(gy)
-        self._update(self.memory_v1, g1, gy, src, keep, patch_m1)
-        self._update(self.memory_v2, g2, gy, src, keep, patch_m2)
+        self._update(self.memory_v1, g1, gy, src, keep)
+        self._update(self.memory_v2, g2, gy, src, keep)
         return out_v1, out_v2
 
     def extra_repr(self) -> str:
