@@ -375,7 +375,7 @@ def test_every_registry_row_runs_on_small_images(teacher):
         if not expect_build(name, teacher):
             continue
         opt = method_options(name)
-        preact_t = method.preact or method.teacher_preact
+        preact_t = method.teacher_reads_preact
         term = method.build(BuildContext(shapes[method.preact][0], shapes[preact_t][1], opt, N_TRAIN, teach))
         if term is None:
             continue

@@ -131,6 +131,10 @@ class Method:
     def data_view(self, opt: Any) -> str:
         return self.view(opt) if callable(self.view) else self.view
 
+    @property
+    def teacher_reads_preact(self) -> bool:
+        return self.preact or self.teacher_preact
+
     def warmup_epochs(self, dataset: str) -> int:
         return self.warmup.get(dataset, 0)
 

@@ -74,7 +74,7 @@ class DistillTask(nn.Module):
         self.criterion_div = DistillKL(kd_T)
         self._teacher = _TeacherHolder(freeze_teacher(teacher))
         self.preact = method.preact
-        self.teacher_preact = method.preact or method.teacher_preact
+        self.teacher_preact = method.teacher_reads_preact
         self.warmup_epochs = warmup_epochs
         self.term_scale = 1.0  # a Python number: changing it neither syncs nor recompiles anything
         self.use_term = term is not None and method.main_stage_term
@@ -194,5 +194,5 @@ def build_term(method: Method, student: nn.Module, teacher: nn.Module, sample: t
     """The method's ``L_method`` module, built from the feature shapes of both networks (and, for
     OFD, the teacher's batch norms: call it before folding them)."""
     ctx = BuildContext(probe_shapes(student, sample, method.preact),
-                       probe_shapes(teacher, sample, method.preact or method.teacher_preact), opt, n_data, teacher)
+                       probe_shapes(teacher, sample, method.teacher_reads_preact), opt, n_data, teacher)
     return method.build(ctx)
