@@ -120,10 +120,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         load_model_weights(teacher, opt.path_t, name=opt.model_t)
         student = model_dict[opt.model_s](num_classes=n_cls)
         sample = torch.zeros(2, *setup.train_loader.dataset[0][0].shape)
+        # Built from the teacher as trained: OFD reads the batch norms that folding removes.
+        term = build_term(method, student, teacher, sample, opt, setup.spec.n_data)
         if opt.fold_teacher_bn:
             probe = torch.randn(sample.shape, generator=torch.Generator().manual_seed(0))  # leaves the seeded RNG alone
             teacher = fold_teacher_batchnorm(teacher, probe, log)
-        term = build_term(method, student, teacher, sample, opt, setup.spec.n_data)
     except (DataError, CheckpointError, ValueError) as err:
         parser.error(str(err))
     if opt.sync_bn and env.distributed:
@@ -135,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     teacher_eval = evaluate(teacher, setup.test_loader, normalize, env.device, precision)
     log(f"teacher {opt.model_t} ({opt.path_t}): test acc@1 {teacher_eval['acc']:.2f} acc@5 {teacher_eval['acc_top5']:.2f}")
 
-    task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T).to(env.device)
+    task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T,
+                       warmup_epochs=method.warmup_epochs(opt.dataset)).to(env.device)
     precision.prepare_module(task)
     if method.init is not None:
         if setup.resume_state is None:

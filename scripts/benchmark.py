@@ -66,6 +66,7 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
         for _ in range(3):
             teacher(images)
     freeze_teacher(teacher)
+    trained_teacher = teacher  # the methods are built from it: OFD reads the batch norms folding removes
     if args.fold_teacher_bn:
         teacher = fold_teacher_batchnorm(teacher, images[:2])
     precision.prepare_network(teacher)
@@ -83,7 +84,7 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
                  "--distill", method_name, "--nce_k", str(k)]
         opt = train_student.resolve_options(parser, parser.parse_args(flags), require_teacher_file=False)
         method = METHODS[method_name]
-        term = build_term(method, student, teacher, images[:2], opt, args.n_data)
+        term = build_term(method, student, trained_teacher, images[:2], opt, args.n_data)
         task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T).to(device)
         precision.prepare_module(task)
         params = [p for p in task.parameters() if p.requires_grad]

@@ -20,8 +20,9 @@
 # Extra arguments are appended to every command (later flags win), e.g. --device cpu, --seed 0.
 # The contrastive rows (CRD, CRD+KD, RRD, RRD+KD, WCoRD+KD) are generated only for the methods that
 # kdzoo.distiller_zoo.registry.METHODS provides; the others are skipped with a note on stderr.
-# FSP needs identical student/teacher channel lists, so it runs only on the pairs marked in PAIRS
-# (the table's N/A for wrn-40-2 -> wrn-40-1, and no cross-family pair: FSP is absent from Table 2).
+# FSP and KDSVD need identical student/teacher channel lists, so they run only on the pairs marked in
+# PAIRS (the table's N/A for wrn-40-2 -> wrn-40-1, and no cross-family pair: FSP is absent from Table 2).
+# ReviewKD's -b follows its authors per pair (PAIR_BETA).
 # Runs go one after another; a failed run is reported and the others still run; the exit status is
 # non-zero when any failed.
 set -u
@@ -45,9 +46,21 @@ METHOD_ROWS=(
   "RRD           rrd         1     0     1"
   "RRD+KD        rrd         1     1     1"
   "WCoRD+KD      wcord       1     1     0.8"
+  "ReviewKD      reviewkd    1     0     5"
+  "OFD           ofd         1     0     0.001"
+  "KDSVD         kdsvd       1     0     1"
 )
 
-# teacher      student       fsp   (Table 1: same family, then Table 2: cross family)
+# -b of a (method, teacher, student) where the method's authors set it per pair (ReviewKD's
+# CIFAR-100 script; resnet110 -> resnet20 is not in it and gets the value of its teacher's other pair).
+declare -A PAIR_BETA=(
+  ["reviewkd resnet56 resnet20"]=0.6
+  ["reviewkd resnet110 resnet20"]=1
+  ["reviewkd resnet110 resnet32"]=1
+  ["reviewkd resnet32x4 ShuffleV2"]=8
+)
+
+# teacher      student       same channels: FSP and KDSVD run (Table 1: same family, then Table 2: cross family)
 PAIRS=(
   "wrn_40_2     wrn_16_2      yes"
   "wrn_40_2     wrn_40_1      no"
@@ -107,11 +120,12 @@ fi
 launcher=($LAUNCHER)
 for (( trial = 1; trial <= TRIALS; trial++ )); do
     for row in "${METHOD_ROWS[@]}"; do
-        read -r label distill r a b <<<"$row"
+        read -r label distill r a b_row <<<"$row"
         [[ -n "${skip[$distill]:-}" ]] && continue
         for pair in "${PAIRS[@]}"; do
-            read -r teacher student fsp <<<"$pair"
-            [[ "$distill" == fsp && "$fsp" != yes ]] && continue
+            read -r teacher student same_channels <<<"$pair"
+            [[ ( "$distill" == fsp || "$distill" == kdsvd ) && "$same_channels" != yes ]] && continue
+            b=${PAIR_BETA["$distill $teacher $student"]:-$b_row}
             path_t="$TEACHER_DIR/${teacher}_vanilla/ckpt_epoch_240.pth"
             cmd=("${launcher[@]}" train_student.py --path_t "$path_t" --model_s "$student"
                  --distill "$distill" -r "$r" -a "$a" -b "$b" --trial "$trial" --data_folder "$DATA_FOLDER" "$@")

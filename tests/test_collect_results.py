@@ -635,7 +635,14 @@ TABLE2 = [("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "v
           ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1")]
 # FSP: N/A for wrn-40-2 -> wrn-40-1 and absent from Table 2
 FSP_PAIRS = [p for p in TABLE1 if p != ("wrn_40_2", "wrn_40_1")]
-CLASSIC = ["kd", "hint", "attention", "similarity", "correlation", "vid", "rkd", "pkt", "abound", "factor", "nst"]
+CLASSIC = ["kd", "hint", "attention", "similarity", "correlation", "vid", "rkd", "pkt", "abound", "factor", "nst",
+           "reviewkd", "ofd"]
+# KD-SVD compares channel-indexed singular vectors: the same pairs as FSP.
+SAME_CHANNELS = ["fsp", "kdsvd"]
+# ReviewKD's -b where its authors' CIFAR-100 script differs from the row's 5 (resnet110 -> resnet20: ours).
+REVIEWKD_BETA = {("resnet56", "resnet20"): 0.6, ("resnet110", "resnet20"): 1.0, ("resnet110", "resnet32"): 1.0,
+                 ("resnet32x4", "ShuffleV2"): 8.0}
+PER_TRIAL = len(CLASSIC) * 13 + len(SAME_CHANNELS) * 6  # 13 pairs; FSP_PAIRS has 6
 # contrastive rows: (distill, alpha, beta)
 CONTRASTIVE = [("crd", 0.0, 0.8), ("crd", 1.0, 0.8), ("rrd", 0.0, 1.0), ("rrd", 1.0, 1.0), ("wcord", 1.0, 0.8)]
 
@@ -643,7 +650,7 @@ CONTRASTIVE = [("crd", 0.0, 0.8), ("crd", 1.0, 0.8), ("rrd", 0.0, 1.0), ("rrd", 
 def expected_runs(available: set[str]) -> set[tuple]:
     """(distill, alpha, teacher, student) of one trial."""
     runs = {(d, None, t, s) for d in CLASSIC for t, s in TABLE1 + TABLE2}
-    runs |= {("fsp", None, t, s) for t, s in FSP_PAIRS}
+    runs |= {(d, None, t, s) for d in SAME_CHANNELS for t, s in FSP_PAIRS}
     runs |= {(d, a, t, s) for d, a, _ in CONTRASTIVE if d in available for t, s in TABLE1 + TABLE2}
     return runs
 
@@ -697,7 +704,10 @@ def test_distill_script_print_only():
         teacher = m[1]
         assert (o.trial, o.data_folder, o.device) == ("1", "./data", "cpu")
         if o.distill in METHODS and o.distill not in {"crd", "rrd", "wcord"}:
-            assert (o.gamma, o.alpha, o.beta) == METHODS[o.distill].weights  # the paper weights
+            gamma, alpha, beta = METHODS[o.distill].weights  # the paper weights
+            if o.distill == "reviewkd":
+                beta = REVIEWKD_BETA.get((teacher, o.model_s), beta)
+            assert (o.gamma, o.alpha, o.beta) == (gamma, alpha, beta)
             got.add((o.distill, None, teacher, o.model_s))
         else:
             assert (o.gamma, o.alpha, o.beta) in {(1.0, a, b) for d, a, b in CONTRASTIVE if d == o.distill}
@@ -708,7 +718,7 @@ def test_distill_script_print_only():
     assert ("wrn_40_2", "wrn_40_1") not in fsp and not fsp & set(TABLE2)
     if not available:
         assert "skipping CRD CRD+KD RRD RRD+KD WCoRD+KD" in proc.stderr
-        assert len(opts) == 11 * 13 + 6
+        assert len(opts) == PER_TRIAL
 
 
 def test_distill_script_with_contrastive_methods(tmp_path):
@@ -719,7 +729,7 @@ def test_distill_script_with_contrastive_methods(tmp_path):
     proc = run_script("run_cifar_distill.sh", {"TRIALS": "2", "PYTHON": str(fake),
                                                "TEACHER_DIR": "/ckpt/teachers", "DATA_FOLDER": "/d"})
     lines = proc.stdout.splitlines()
-    per_trial = 11 * 13 + 6 + 5 * 13
+    per_trial = PER_TRIAL + 5 * 13
     assert len(lines) == 2 * per_trial == 2 * len(expected_runs({"crd", "rrd", "wcord"}))
     tokens = [shlex.split(line) for line in lines]
     trials = [t[t.index("--trial") + 1] for t in tokens]
@@ -735,7 +745,7 @@ def test_distill_script_with_contrastive_methods(tmp_path):
     broken.write_text("#!/bin/sh\nexit 1\n")
     broken.chmod(0o755)
     proc = run_script("run_cifar_distill.sh", {"TRIALS": "1", "PYTHON": str(broken)})
-    assert len(proc.stdout.splitlines()) == 11 * 13 + 6
+    assert len(proc.stdout.splitlines()) == PER_TRIAL
     assert "could not import" in proc.stderr and "skipping" in proc.stderr
 
 

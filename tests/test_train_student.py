@@ -69,6 +69,10 @@ HEADS: dict[str, tuple[str, ...]] = {
     "crd": ("term.loss.embed_s.", "term.loss.embed_t.", "term.loss.contrast."),
     "rrd": ("term.loss.embed_s.", "term.loss.embed_t.", "term.loss.queue"),
     "wcord": ("term.loss.embed_s.", "term.loss.embed_t.", "term.loss.contrast."),
+    "reviewkd": ("term.fusion.abfs.0.", "term.fusion.abfs.1.", "term.fusion.abfs.2.", "term.fusion.abfs.3."),
+    "ofd": ("term.criterion.connectors.0.", "term.criterion.connectors.1.", "term.criterion.connectors.2.",
+            "term.criterion.margin"),
+    "kdsvd": (),
 }
 
 
@@ -257,7 +261,7 @@ def test_paper_weights_unless_flags_given(name, flags, expected, fake_root, teac
 
 # ---------------------------------------------------------------------------- gradients and the teacher
 
-@pytest.mark.parametrize("name", ["hint", "correlation", "vid", "factor", "attention"])
+@pytest.mark.parametrize("name", ["hint", "correlation", "vid", "factor", "attention", "reviewkd", "ofd", "kdsvd"])
 def test_gradients_reach_only_the_student_and_its_heads(name):
     task = build_task(name, "resnet8", "resnet8")
     method, teacher, student, term = METHODS[name], task.teacher, task.student, task.term

@@ -10,8 +10,11 @@ from .FitNet import ConvReg, HintLoss
 from .FSP import FSP
 from .FT import FactorTransfer, Paraphraser, Translator
 from .KD import DistillKL
+from .KDSVD import KDSVD
 from .NST import NSTLoss
+from .OFD import OFDLoss, ofd_margin
 from .PKT import PKT
+from .ReviewKD import ABF, HCL, ReviewKD, hcl_loss
 from .RKD import RKDLoss
 from .SP import Similarity
 from .VID import VIDLoss
@@ -19,4 +22,5 @@ from .VID import VIDLoss
 __all__ = [
     "ABLoss", "Attention", "Correlation", "DistillKL", "FSP", "FactorTransfer", "HintLoss", "NSTLoss", "PKT",
     "RKDLoss", "Similarity", "VIDLoss", "ConvReg", "LinearEmbed", "Connector", "Paraphraser", "Translator",
+    "ReviewKD", "ABF", "HCL", "hcl_loss", "OFDLoss", "ofd_margin", "KDSVD",
 ]

@@ -7,8 +7,8 @@ module and adding one row here.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,8 +21,11 @@ from .CC import Correlation, LinearEmbed
 from .FitNet import ConvReg, HintLoss
 from .FSP import FSP
 from .FT import FactorTransfer, Paraphraser, Translator
+from .KDSVD import KDSVD
 from .NST import NSTLoss
+from .OFD import OFDLoss, ofd_margin
 from .PKT import PKT
+from .ReviewKD import HCL, ReviewKD, review_levels
 from .RKD import RKDLoss
 from .SP import Similarity
 from .VID import VIDLoss
@@ -34,12 +37,14 @@ Selector = Callable[[Features], Any]
 @dataclass(frozen=True)
 class BuildContext:
     """What a method's modules are built from: feature shapes of a probe batch (with the batch
-    dimension, as the reference passes them), the flags and the training-set size."""
+    dimension, as the reference passes them), the flags, the training-set size and the teacher as
+    loaded (before any batch-norm folding: OFD reads its batch norms)."""
 
     s_shapes: list[torch.Size]
     t_shapes: list[torch.Size]
     opt: Any
     n_data: int
+    teacher: nn.Module | None = None
 
 
 class FeatureTerm(nn.Module):
@@ -104,7 +109,9 @@ class Method:
 
     ``build`` returns the ``L_method`` module (``None`` when the main stage has no such term);
     ``weights`` are the paper's ``(-r gamma, -a alpha, -b beta)``, used when the flags are omitted;
-    ``preact`` asks both networks for pre-activation features; ``view`` is the training-set view
+    ``preact`` asks both networks for pre-activation features, ``teacher_preact`` the teacher
+    only; ``warmup`` maps ``--dataset`` to the epochs over which the term's weight ramps up
+    linearly, ``beta * min(1, epoch / warmup)`` (none when absent); ``view`` is the training-set view
     the method needs (``plain``, ``instance`` or ``sample``), or a function of the flags that says
     which; ``main_stage_term=False`` means the
     term only drives the init stage (AB and FSP: afterwards the student learns from CE and KD).
@@ -118,9 +125,18 @@ class Method:
     view: str | Callable[[Any], str] = "plain"
     init: InitStage | None = None
     main_stage_term: bool = True
+    teacher_preact: bool = False
+    warmup: Mapping[str, int] = field(default_factory=dict)
 
     def data_view(self, opt: Any) -> str:
         return self.view(opt) if callable(self.view) else self.view
+
+    @property
+    def teacher_reads_preact(self) -> bool:
+        return self.preact or self.teacher_preact
+
+    def warmup_epochs(self, dataset: str) -> int:
+        return self.warmup.get(dataset, 0)
 
 
 def _stages(feats: Features) -> list[torch.Tensor]:
@@ -202,6 +218,52 @@ def _build_fsp(ctx: BuildContext) -> nn.Module:
             f"the teacher {t_channels} (the reference marks such pairs N/A)"
         )
     return FeatureTerm(_maps, FSP(ctx.s_shapes[:-1], ctx.t_shapes[:-1]))
+
+
+class ReviewTerm(nn.Module):
+    """ReviewKD: the student's levels (stages + pooled) fused by :class:`ReviewKD`, compared with
+    the teacher's pre-activation levels by the hierarchical context loss."""
+
+    def __init__(self, fusion: ReviewKD) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.criterion = HCL()
+
+    def forward(self, feat_s: Features, feat_t: Features, *unused: torch.Tensor) -> torch.Tensor:
+        return self.criterion(self.fusion(review_levels(feat_s)), review_levels(feat_t))
+
+
+def _review_shapes(shapes: Sequence[torch.Size]) -> list[tuple[int, ...]]:
+    pooled = shapes[-1]
+    return [tuple(s) for s in shapes[1:-1]] + [(*pooled, 1, 1)]
+
+
+def _build_reviewkd(ctx: BuildContext) -> nn.Module:
+    return ReviewTerm(ReviewKD(_review_shapes(ctx.s_shapes), _review_shapes(ctx.t_shapes)))
+
+
+def _build_ofd(ctx: BuildContext) -> nn.Module:
+    if ctx.teacher is None:
+        raise ValueError("ofd reads its margins from the teacher's batch norms: build it with the teacher "
+                         "(helper.distill.build_term passes it)")
+    margins = [ofd_margin(bn) for bn in ctx.teacher.get_bn_before_relu()]
+    s_channels = [s[1] for s in ctx.s_shapes[1:-1]]
+    t_channels = [t[1] for t in ctx.t_shapes[1:-1]]
+    if len(margins) != len(t_channels):
+        raise ValueError(f"the teacher has {len(t_channels)} stages but get_bn_before_relu() gives {len(margins)} "
+                         "batch norms; OFD needs one per stage")
+    return FeatureTerm(_stages, OFDLoss(s_channels, t_channels, margins))
+
+
+def _build_kdsvd(ctx: BuildContext) -> nn.Module:
+    s_channels = [s[1] for s in ctx.s_shapes[1:-1]]
+    t_channels = [t[1] for t in ctx.t_shapes[1:-1]]
+    if s_channels != t_channels:
+        raise ValueError(
+            f"kdsvd compares channel-indexed singular vectors stage by stage and needs identical stage channels; "
+            f"the student has {s_channels}, the teacher {t_channels}"
+        )
+    return FeatureTerm(_stages, KDSVD())
 
 
 def _term_loss(term: nn.Module, feat_s: Features, feat_t: Features) -> torch.Tensor:
@@ -317,4 +379,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            (1.0, 0.0, 1.0)),
     Method("wcord", "Chen et al. 2021, Wasserstein Contrastive Representation Distillation", _build_wcord,
            (1.0, 0.0, 0.8), view=_crd_view),
+    # mdistiller / the authors: CIFAR-100 weight 5 (per-pair values in scripts/run_cifar_distill.sh),
+    # ImageNet 1 (ResNet34 -> ResNet18) or 8 (ResNet50 -> MobileNet); warm-up 20 epochs, ImageNet 1.
+    Method("reviewkd", "Chen et al. 2021, Distilling Knowledge via Knowledge Review", _build_reviewkd,
+           (1.0, 0.0, 5.0), teacher_preact=True, warmup={"cifar100": 20, "imagenet": 1}),
+    # Weight 1e-3 on CIFAR-100 (the authors' loss / B / 1000); 1e-4 on ImageNet.
+    Method("ofd", "Heo et al. 2019, A Comprehensive Overhaul of Feature Distillation", _build_ofd,
+           (1.0, 0.0, 0.001), preact=True),
+    Method("kdsvd", "Lee et al. 2018, Self-supervised Knowledge Distillation using Singular Value Decomposition",
+           _build_kdsvd, (1.0, 0.0, 1.0)),
 ]}

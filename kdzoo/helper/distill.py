@@ -62,16 +62,21 @@ class DistillTask(nn.Module):
     Logged terms: ``cls``, ``div`` and, when the method has a main-stage term, ``kd`` (the
     reference's names). A term may return a dict: its ``'kd'`` entry is weighted by ``beta`` and
     every other entry (already weighted by its own flag, e.g. WCoRD's ``local``) is added as is.
+    With ``warmup_epochs`` W, the ``'kd'`` entry is multiplied by ``min(1, epoch / W)`` (and logged
+    so), the epoch (counted from 1) being set by :meth:`set_epoch`.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, method: Method, term: nn.Module | None,
-                 gamma: float, alpha: float, beta: float, kd_T: float) -> None:
+                 gamma: float, alpha: float, beta: float, kd_T: float, warmup_epochs: int = 0) -> None:
         super().__init__()
         self.student = student
         self.term = term
         self.criterion_div = DistillKL(kd_T)
         self._teacher = _TeacherHolder(freeze_teacher(teacher))
         self.preact = method.preact
+        self.teacher_preact = method.teacher_reads_preact
+        self.warmup_epochs = warmup_epochs
+        self.term_scale = 1.0  # a Python number: changing it neither syncs nor recompiles anything
         self.use_term = term is not None and method.main_stage_term
         if term is not None and not method.main_stage_term:
             term.requires_grad_(False)  # used by the init stage only
@@ -80,6 +85,10 @@ class DistillTask(nn.Module):
     @property
     def teacher(self) -> nn.Module:
         return self._teacher.module
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by ``helper.trainer.fit`` before each epoch: the warm-up of the method's term."""
+        self.term_scale = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -92,7 +101,7 @@ class DistillTask(nn.Module):
         into ordinary tensors: the logits, and the features only when ``features`` (KD alone reads
         none of them)."""
         with torch.inference_mode():
-            feats, logits = self.teacher(images, is_feat=True, preact=self.preact)
+            feats, logits = self.teacher(images, is_feat=True, preact=self.teacher_preact)
         return ([f.clone() for f in feats] if features else feats), logits.clone()
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
@@ -106,7 +115,9 @@ class DistillTask(nn.Module):
         loss = self.gamma * loss_cls + self.alpha * loss_div
         if self.use_term:
             out = self.term(feat_s, feat_t, *extras)
-            parts = out if isinstance(out, dict) else {"kd": out}
+            parts = dict(out) if isinstance(out, dict) else {"kd": out}
+            if self.term_scale != 1.0:
+                parts["kd"] = self.term_scale * parts["kd"]  # logged warmed up: loss = ... + beta * kd still holds
             for name, value in parts.items():
                 loss = loss + (self.beta * value if name == "kd" else value)
             terms.update(parts)
@@ -180,7 +191,8 @@ def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn
 
 def build_term(method: Method, student: nn.Module, teacher: nn.Module, sample: torch.Tensor, opt: Any,
                n_data: int) -> nn.Module | None:
-    """The method's ``L_method`` module, built from the feature shapes of both networks."""
-    ctx = BuildContext(probe_shapes(student, sample, method.preact), probe_shapes(teacher, sample, method.preact),
-                       opt, n_data)
+    """The method's ``L_method`` module, built from the feature shapes of both networks (and, for
+    OFD, the teacher's batch norms: call it before folding them)."""
+    ctx = BuildContext(probe_shapes(student, sample, method.preact),
+                       probe_shapes(teacher, sample, method.teacher_reads_preact), opt, n_data, teacher)
     return method.build(ctx)

@@ -193,6 +193,8 @@ def fit(
             seed_everything(epoch_seed(seed, epoch, env.rank))
             train_loader.sampler.set_epoch(epoch)
             train_loader.dataset.set_epoch(epoch, seed)
+            if hasattr(task, "set_epoch"):  # e.g. a distillation term's warm-up
+                task.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
             try:
                 train = train_epoch(step_fn, train_loader, optimizer, normalize, device, epoch, print_freq, log,
