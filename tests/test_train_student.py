@@ -69,6 +69,8 @@ HEADS: dict[str, tuple[str, ...]] = {
     "crd": ("term.loss.embed_s.", "term.loss.embed_t.", "term.loss.contrast."),
     "rrd": ("term.loss.embed_s.", "term.loss.embed_t.", "term.loss.queue"),
     "wcord": ("term.loss.embed_s.", "term.loss.embed_t.", "term.loss.contrast."),
+    "dkd": (),
+    "dist": (),
 }
 
 

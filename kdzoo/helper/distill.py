@@ -62,17 +62,21 @@ class DistillTask(nn.Module):
     Logged terms: ``cls``, ``div`` and, when the method has a main-stage term, ``kd`` (the
     reference's names). A term may return a dict: its ``'kd'`` entry is weighted by ``beta`` and
     every other entry (already weighted by its own flag, e.g. WCoRD's ``local``) is added as is.
+    A logit method's term (``method.logits``) is called as ``term(logit_s, logit_t, targets)``.
+    ``logit_stand`` z-scores the logits of the KD term (Sun et al. 2024); the logit methods' own
+    terms take it from the flags when they are built.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, method: Method, term: nn.Module | None,
-                 gamma: float, alpha: float, beta: float, kd_T: float) -> None:
+                 gamma: float, alpha: float, beta: float, kd_T: float, logit_stand: bool = False) -> None:
         super().__init__()
         self.student = student
         self.term = term
-        self.criterion_div = DistillKL(kd_T)
+        self.criterion_div = DistillKL(kd_T, logit_stand=logit_stand)
         self._teacher = _TeacherHolder(freeze_teacher(teacher))
         self.preact = method.preact
         self.use_term = term is not None and method.main_stage_term
+        self.term_reads_logits = method.logits
         if term is not None and not method.main_stage_term:
             term.requires_grad_(False)  # used by the init stage only
         self.gamma, self.alpha, self.beta = gamma, alpha, beta
@@ -95,17 +99,27 @@ class DistillTask(nn.Module):
             feats, logits = self.teacher(images, is_feat=True, preact=self.preact)
         return ([f.clone() for f in feats] if features else feats), logits.clone()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop before each epoch (counted from 1): terms that change over
+        training (DKD's warm-up) learn where they are."""
+        set_term_epoch = getattr(self.term, "set_epoch", None)
+        if set_term_epoch is not None:
+            set_term_epoch(epoch)
+
     def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
         # Teacher first: its temporaries are freed before the student's graph holds activations,
         # which lowers the peak memory and the step time.
-        feat_t, logit_t = self.teacher_outputs(images, features=self.use_term)
+        feat_t, logit_t = self.teacher_outputs(images, features=self.use_term and not self.term_reads_logits)
         feat_s, logit_s = self.student(images, is_feat=True, preact=self.preact)
         loss_cls = F.cross_entropy(logit_s, targets)
         loss_div = self.criterion_div(logit_s, logit_t)
         terms = {"cls": loss_cls, "div": loss_div}
         loss = self.gamma * loss_cls + self.alpha * loss_div
         if self.use_term:
-            out = self.term(feat_s, feat_t, *extras)
+            if self.term_reads_logits:
+                out = self.term(logit_s, logit_t, targets)
+            else:
+                out = self.term(feat_s, feat_t, *extras)
             parts = out if isinstance(out, dict) else {"kd": out}
             for name, value in parts.items():
                 loss = loss + (self.beta * value if name == "kd" else value)
