@@ -372,10 +372,10 @@ def test_the_loop_announces_each_epoch_to_the_term(fake_root, teachers, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--distill", "kd", "-a", "9", "--kd_T", "2"],
-                                   ["--distill", "dkd", "-b", "9", "--kd_T", "2", "--dkd_warmup", "1"],
-                                   ["--distill", "dist"]])
+                                   ["--distill", "dkd", "-b", "9", "--kd_T", "2", "--dkd_warmup", "1"]])
 def test_logit_standardisation_trains_on_real_data(flags, shared_data, teachers, tmp_path, capsys):
-    """One epoch of the logit-standardisation recipes (and DIST with it) on 256 real images."""
+    """One epoch of the logit-standardisation recipes (KD+LS, DKD+LS) on 256 real images (DKD and
+    DIST alone: test_train_student's every-method run)."""
     result = run_student(student_argv(shared_data, tmp_path, teachers["resnet8"], *flags, "--logit_stand",
                                       n_train=256, n_test=64))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
