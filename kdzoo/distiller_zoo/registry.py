@@ -328,7 +328,7 @@ class LogitTerm(nn.Module):
 
     def forward(self, logit_s: torch.Tensor, logit_t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = self.criterion(logit_s, logit_t, target) if self.with_target else self.criterion(logit_s, logit_t)
-        return loss if self.scale == 1.0 else self.scale * loss
+        return self.scale * loss
 
 
 def _build_dkd(ctx: BuildContext) -> nn.Module:
