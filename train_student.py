@@ -42,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy (default: paper)")
     g.add_argument("-a", "--alpha", type=float, default=None, help="weight of the KD term (default: paper)")
     g.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's term (default: paper)")
-    g.add_argument("--kd_T", type=float, default=4, help="temperature of the KD term")
+    g.add_argument("--kd_T", type=float, default=None,
+                   help="temperature of the KD term and of the logit methods' terms (default: paper, 4; "
+                        "DKD/DIST on ImageNet: 1)")
     g.add_argument("--init_epochs", type=int, default=30, help="init-stage epochs of abound, factor and fsp")
+    g.add_argument("--warmup_epochs", type=int, default=None,
+                   help="epochs over which the method's term ramps up linearly, beta * min(1, epoch / N); 0: none "
+                        "(default: the authors' value, e.g. dkd and reviewkd 20 on CIFAR-100, 1 on ImageNet; others 0)")
     g.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4], help="feature used by FitNet")
     g.add_argument("--feat_dim", type=int, default=128, help="embedding size of CC (and the contrastive methods)")
     g.add_argument("--mode", default="exact", choices=["exact", "relax"], help="contrastive positive sampling")
@@ -71,15 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "float rounding, fewer layers); --no-fold_teacher_bn runs it as trained")
     g.add_argument("--lambda_local", type=float, default=WCORD_DEFAULTS["lambda_local"],
                    help="WCoRD weight of the local (optimal-transport) term")
+    g = parser.add_argument_group("logit methods (this project's additions; default: the authors' values)")
+    g.add_argument("--logit_stand", action="store_true",
+                   help="z-score each sample's logits before the temperature in the KD term and in dkd/dist "
+                        "(Sun et al. 2024); the run folder name gets _ls")
+    g.add_argument("--dkd_alpha", type=float, default=None, help="DKD weight of TCKD inside its term (default 1)")
+    g.add_argument("--dkd_beta", type=float, default=None,
+                   help="DKD weight of NCKD inside its term (default: the authors' value for the pair, else 8)")
+    g.add_argument("--dist_beta", type=float, default=None, help="DIST weight of the inter-class relation (default 1)")
+    g.add_argument("--dist_gamma", type=float, default=None, help="DIST weight of the intra-class relation (default 1)")
     add_training_args(parser)
     parser.set_defaults(save_folder="./save/student_model")
     return parser
 
 
 def run_name(opt: argparse.Namespace) -> str:
-    """The reference's student folder name (``collect_results.py`` parses it)."""
+    """The reference's student folder name (``collect_results.py`` parses it); ``_ls`` after the
+    weights marks logit standardisation, so such runs never pool with plain ones."""
+    logit_stand = "_ls" if opt.logit_stand else ""
     return (f"S:{opt.model_s}_T:{opt.model_t}_{opt.dataset}_{opt.distill}_"
-            f"r:{opt.gamma}_a:{opt.alpha}_b:{opt.beta}_{opt.trial}")
+            f"r:{opt.gamma}_a:{opt.alpha}_b:{opt.beta}{logit_stand}_{opt.trial}")
 
 
 def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
@@ -97,10 +113,15 @@ def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
         parser.error(f"{err} (with --model_t)")
     if opt.model_t not in model_dict:
         parser.error(f"unknown --model_t {opt.model_t!r}; choose one of: {', '.join(model_dict)}")
-    gamma, alpha, beta = METHODS[opt.distill].weights
-    opt.gamma = gamma if opt.gamma is None else opt.gamma
-    opt.alpha = alpha if opt.alpha is None else opt.alpha
-    opt.beta = beta if opt.beta is None else opt.beta
+    # Flags left out take the paper's value for this teacher/student pair (weights, temperature, options).
+    method = METHODS[opt.distill]
+    for flag, value in method.paper_settings(opt.model_t, opt.model_s).items():
+        if getattr(opt, flag, None) is None:
+            setattr(opt, flag, value)
+    if opt.warmup_epochs is None:
+        opt.warmup_epochs = method.warmup_epochs(opt.dataset)
+    if opt.warmup_epochs < 0:
+        parser.error(f"--warmup_epochs is a number of epochs >= 0, not {opt.warmup_epochs}")
     return resolve_training_defaults(opt, opt.model_s)
 
 
@@ -114,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         check_device_options(opt, env.device.type, env.distributed)
         setup = prepare_run(opt, env, run_name(opt), view=method.data_view(opt), k=opt.nce_k, mode=opt.mode)
         if setup.resume_state is not None:
-            check_same_run(setup.resume_state, opt, opt.resume, ("distill", "model_s", "model_t"))
+            check_same_run(setup.resume_state, opt, opt.resume, ("distill", "model_s", "model_t", "logit_stand"))
         n_cls = setup.spec.num_classes
         teacher = model_dict[opt.model_t](num_classes=n_cls)
         load_model_weights(teacher, opt.path_t, name=opt.model_t)
@@ -137,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     log(f"teacher {opt.model_t} ({opt.path_t}): test acc@1 {teacher_eval['acc']:.2f} acc@5 {teacher_eval['acc_top5']:.2f}")
 
     task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T,
-                       warmup_epochs=method.warmup_epochs(opt.dataset)).to(env.device)
+                       logit_stand=opt.logit_stand, warmup_epochs=opt.warmup_epochs).to(env.device)
     precision.prepare_module(task)
     if method.init is not None:
         if setup.resume_state is None:

@@ -6,8 +6,9 @@
 #
 # Run from the repository root, after scripts/run_cifar_vanilla.sh: the teachers are read from
 # $TEACHER_DIR/<teacher>_vanilla/ckpt_epoch_240.pth. Students land in
-# ./save/student_model/S:<student>_T:<teacher>_cifar100_<distill>_r:<r>_a:<a>_b:<b>_<trial>/,
-# which scripts/collect_results.py turns into the tables.
+# ./save/student_model/S:<student>_T:<teacher>_cifar100_<distill>_r:<r>_a:<a>_b:<b>_<trial>/
+# (..._b:<b>_ls_<trial>/ for the logit-standardisation rows), which scripts/collect_results.py
+# turns into the tables.
 #
 # Environment:
 #   TRIALS       trials per (method, pair), numbered 1..TRIALS (default 3)
@@ -27,7 +28,7 @@
 # non-zero when any failed.
 set -u
 
-# label          --distill   -r    -a    -b      (paper weights, distiller_zoo/registry.py + paper_tables)
+# label          --distill   -r    -a    -b      [more flags]   (paper weights, distiller_zoo/registry.py + paper_tables)
 METHOD_ROWS=(
   "KD            kd          0.1   0.9   0"
   "FitNet        hint        1     0     100"
@@ -49,6 +50,13 @@ METHOD_ROWS=(
   "ReviewKD      reviewkd    1     0     5"
   "OFD           ofd         1     0     0.001"
   "KDSVD         kdsvd       1     0     1"
+  # Logit methods. DKD's own beta (per pair), temperature 4 and 20-epoch warm-up, and DIST's
+  # tau 4, come from the registry's paper settings. +LS: logit standardisation with the authors'
+  # recommended base temperature 2 and KD weight 9 (for DKD, 9 x both of its weights: -b 9).
+  "DKD           dkd         1     0     1"
+  "DIST          dist        1     0     2"
+  "KD+LS         kd          0.1   9     0       --logit_stand --kd_T 2"
+  "DKD+LS        dkd         1     0     9       --logit_stand --kd_T 2"
 )
 
 # -b of a (method, teacher, student) where the method's authors set it per pair (ReviewKD's
@@ -120,7 +128,9 @@ fi
 launcher=($LAUNCHER)
 for (( trial = 1; trial <= TRIALS; trial++ )); do
     for row in "${METHOD_ROWS[@]}"; do
-        read -r label distill r a b_row <<<"$row"
+        read -r label distill r a b_row more <<<"$row"
+        # shellcheck disable=SC2206  # the row's extra flags are words
+        more=($more)
         [[ -n "${skip[$distill]:-}" ]] && continue
         for pair in "${PAIRS[@]}"; do
             read -r teacher student same_channels <<<"$pair"
@@ -128,7 +138,8 @@ for (( trial = 1; trial <= TRIALS; trial++ )); do
             b=${PAIR_BETA["$distill $teacher $student"]:-$b_row}
             path_t="$TEACHER_DIR/${teacher}_vanilla/ckpt_epoch_240.pth"
             cmd=("${launcher[@]}" train_student.py --path_t "$path_t" --model_s "$student"
-                 --distill "$distill" -r "$r" -a "$a" -b "$b" --trial "$trial" --data_folder "$DATA_FOLDER" "$@")
+                 --distill "$distill" -r "$r" -a "$a" -b "$b" ${more[@]+"${more[@]}"} --trial "$trial"
+                 --data_folder "$DATA_FOLDER" "$@")
             run_with_teacher "$label:$teacher->$student:$trial" "$path_t" "${cmd[@]}"
         done
     done

@@ -4,6 +4,10 @@
 #
 #   Teacher 26.69 | Student 30.25 | KD 29.34 | AT 29.30 | SP 29.38 | CC 30.04 | CRD 28.83 | CRD+KD 28.62
 #
+# and two logit methods, published as top-1 accuracy (%) by their authors (other teacher training):
+#
+#   DKD 71.70 (mdistiller README) | DIST 72.07 (DIST_KD README)
+#
 #   bash scripts/run_imagenet_distill.sh [extra flags for every command...]
 #
 # Run from the repository root. Every run uses the ImageNet recipe of helper/options.py (100 epochs,
@@ -15,8 +19,10 @@
 #            (torchvision lists 73.314 top-1 for resnet34-b627a593.pth: the published 26.69 error)
 #   Student  train_teacher.py --model imagenet_resnet18: the vanilla student, into
 #            ./save/models/imagenet_resnet18_vanilla/ (trial 1; trial t > 1: _vanilla_trial_<t-1>/)
-#   KD, AT, SP, CC, CRD, CRD+KD
-#            train_student.py at the paper weights (-r -a -b as in the CIFAR tables), into
+#   KD, AT, SP, CC, CRD, CRD+KD, DKD, DIST
+#            train_student.py at the paper weights (-r -a -b as in the CIFAR tables; DKD and DIST
+#            take their ImageNet settings, T = 1 and DKD's beta 0.5 and 1-epoch warm-up, from the
+#            registry's paper settings for this pair), into
 #            ./save/student_model/S:imagenet_resnet18_T:imagenet_resnet34_imagenet_<distill>_r:<r>_a:<a>_b:<b>_<trial>/
 #
 # Environment:
@@ -45,6 +51,8 @@ METHOD_ROWS=(
   "CC         correlation  1     0     0.02"
   "CRD        crd          1     0     0.8"
   "CRD+KD     crd          1     1     0.8"
+  "DKD        dkd          1     0     1"
+  "DIST       dist         1     0     2"
 )
 TEACHER_MODEL=imagenet_resnet34
 STUDENT_MODEL=imagenet_resnet18

@@ -651,6 +651,9 @@ REVIEWKD_BETA = {("resnet56", "resnet20"): 0.6, ("resnet110", "resnet20"): 1.0, 
 PER_TRIAL = len(CLASSIC) * 13 + len(SAME_CHANNELS) * 6  # 13 pairs; FSP_PAIRS has 6
 # contrastive rows: (distill, alpha, beta)
 CONTRASTIVE = [("crd", 0.0, 0.8), ("crd", 1.0, 0.8), ("rrd", 0.0, 1.0), ("rrd", 1.0, 1.0), ("wcord", 1.0, 0.8)]
+# logit rows: (distill, --logit_stand, (-r, -a, -b)); the +LS rows use the authors' base temperature 2
+LOGIT = [("dkd", False, (1.0, 0.0, 1.0)), ("dist", False, (1.0, 0.0, 2.0)), ("kd", True, (0.1, 9.0, 0.0)),
+         ("dkd", True, (1.0, 0.0, 9.0))]
 
 
 def expected_runs(available: set[str]) -> set[tuple]:
@@ -658,6 +661,7 @@ def expected_runs(available: set[str]) -> set[tuple]:
     runs = {(d, None, t, s) for d in CLASSIC for t, s in TABLE1 + TABLE2}
     runs |= {(d, None, t, s) for d in SAME_CHANNELS for t, s in FSP_PAIRS}
     runs |= {(d, a, t, s) for d, a, _ in CONTRASTIVE if d in available for t, s in TABLE1 + TABLE2}
+    runs |= {(d, "ls" if ls else "logit", t, s) for d, ls, _ in LOGIT for t, s in TABLE1 + TABLE2}
     return runs
 
 
@@ -709,7 +713,12 @@ def test_distill_script_print_only():
         assert m, o.path_t
         teacher = m[1]
         assert (o.trial, o.data_folder, o.device) == ("1", "./data", "cpu")
-        if o.distill in METHODS and o.distill not in {"crd", "rrd", "wcord"}:
+        logit = [(d, ls) for d, ls, weights in LOGIT if (o.distill, o.logit_stand, (o.gamma, o.alpha, o.beta)) ==
+                 (d, ls, weights)]
+        if logit:
+            assert o.kd_T == (2.0 if o.logit_stand else None)  # None: the registry's paper temperature
+            got.add((o.distill, "ls" if o.logit_stand else "logit", teacher, o.model_s))
+        elif o.distill in METHODS and o.distill not in {"crd", "rrd", "wcord"}:
             gamma, alpha, beta = METHODS[o.distill].weights  # the paper weights
             if o.distill == "reviewkd":
                 beta = REVIEWKD_BETA.get((teacher, o.model_s), beta)
@@ -724,7 +733,7 @@ def test_distill_script_print_only():
     assert ("wrn_40_2", "wrn_40_1") not in fsp and not fsp & set(TABLE2)
     if not available:
         assert "skipping CRD CRD+KD RRD RRD+KD WCoRD+KD" in proc.stderr
-        assert len(opts) == PER_TRIAL
+        assert len(opts) == PER_TRIAL + len(LOGIT) * 13
 
 
 def test_distill_script_with_contrastive_methods(tmp_path):
@@ -735,7 +744,7 @@ def test_distill_script_with_contrastive_methods(tmp_path):
     proc = run_script("run_cifar_distill.sh", {"TRIALS": "2", "PYTHON": str(fake),
                                                "TEACHER_DIR": "/ckpt/teachers", "DATA_FOLDER": "/d"})
     lines = proc.stdout.splitlines()
-    per_trial = PER_TRIAL + 5 * 13
+    per_trial = PER_TRIAL + 5 * 13 + len(LOGIT) * 13
     assert len(lines) == 2 * per_trial == 2 * len(expected_runs({"crd", "rrd", "wcord"}))
     tokens = [shlex.split(line) for line in lines]
     trials = [t[t.index("--trial") + 1] for t in tokens]
@@ -751,7 +760,7 @@ def test_distill_script_with_contrastive_methods(tmp_path):
     broken.write_text("#!/bin/sh\nexit 1\n")
     broken.chmod(0o755)
     proc = run_script("run_cifar_distill.sh", {"TRIALS": "1", "PYTHON": str(broken)})
-    assert len(proc.stdout.splitlines()) == PER_TRIAL
+    assert len(proc.stdout.splitlines()) == PER_TRIAL + len(LOGIT) * 13
     assert "could not import" in proc.stderr and "skipping" in proc.stderr
 
 

@@ -380,7 +380,12 @@ def test_every_registry_row_runs_on_small_images(teacher):
         if term is None:
             continue
         extras = {"plain": [], "instance": [index], "sample": [index, sample_idx]}[method.data_view(opt)]
-        out = term(feats_s[method.preact], feats_t[preact_t], *extras)
+        if method.logits:
+            # a logit term reads the logits (computed from the pooled features here) and the targets
+            feat_s, feat_t = feats_s[method.preact], feats_t[preact_t]
+            out = term(student.fc(feat_s[-1]), teach.fc(feat_t[-1]), torch.tensor([0, 1, 2, 0]))
+        else:
+            out = term(feats_s[method.preact], feats_t[preact_t], *extras)
         loss = sum(out.values()) if isinstance(out, dict) else out
         assert torch.isfinite(loss), name
         grads = torch.autograd.grad(loss, feats_s[method.preact], allow_unused=True, retain_graph=True)
@@ -398,9 +403,12 @@ def test_factor_transfer_refuses_one_by_one_maps(tree, teachers, tmp_path, capsy
 
 # --------------------------------------------------------------------------- scripts/run_imagenet_distill.sh
 
-# (--distill, -r, -a, -b) of the table's rows KD, AT, SP, CC, CRD, CRD+KD: the CRD paper's weights
+# (--distill, -r, -a, -b) of the table's rows KD, AT, SP, CC, CRD, CRD+KD: the CRD paper's weights;
+# then DKD and DIST at their authors' weights
 PAPER_ROWS = [("kd", 0.1, 0.9, 0.0), ("attention", 1.0, 0.0, 1000.0), ("similarity", 1.0, 0.0, 3000.0),
-              ("correlation", 1.0, 0.0, 0.02), ("crd", 1.0, 0.0, 0.8), ("crd", 1.0, 1.0, 0.8)]
+              ("correlation", 1.0, 0.0, 0.02), ("crd", 1.0, 0.0, 0.8), ("crd", 1.0, 1.0, 0.8),
+              ("dkd", 1.0, 0.0, 1.0), ("dist", 1.0, 0.0, 2.0)]
+ROWS_PER_TRIAL = 1 + len(PAPER_ROWS)  # the vanilla student, then the distillations
 
 
 @pytest.mark.parametrize("memory", [None, "queue"])
@@ -413,9 +421,9 @@ def test_script_prints_the_table_row_by_row(memory):
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     commands = [shlex.split(line) for line in proc.stdout.splitlines()]
-    assert len(commands) == 2 * 7
+    assert len(commands) == 2 * ROWS_PER_TRIAL
     for trial in (1, 2):
-        block = commands[7 * (trial - 1): 7 * trial]
+        block = commands[ROWS_PER_TRIAL * (trial - 1): ROWS_PER_TRIAL * trial]
         assert all(cmd[:3] == ["torchrun", "--nproc_per_node", "8"] for cmd in block)
         assert block[0][3] == "train_teacher.py" and all(cmd[3] == "train_student.py" for cmd in block[1:])
         parser = train_teacher.build_parser()
@@ -435,6 +443,10 @@ def test_script_prints_the_table_row_by_row(memory):
             assert (o.epochs, o.batch_size, o.learning_rate, o.lr_decay_epochs) == (100, 256, 0.1, [30, 60, 90])
             if o.distill == "crd":
                 assert o.crd_memory == (memory or "bank")
+            # the authors' ImageNet settings of the logit methods
+            assert o.kd_T == (1.0 if o.distill in ("dkd", "dist") else 4.0)
+            if o.distill == "dkd":
+                assert (o.dkd_beta, o.warmup_epochs) == (0.5, 1)
         assert rows == PAPER_ROWS
 
 

@@ -73,6 +73,8 @@ HEADS: dict[str, tuple[str, ...]] = {
     "ofd": ("term.criterion.connectors.0.", "term.criterion.connectors.1.", "term.criterion.connectors.2.",
             "term.criterion.margin"),
     "kdsvd": (),
+    "dkd": (),
+    "dist": (),
 }
 
 

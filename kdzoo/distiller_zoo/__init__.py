@@ -6,10 +6,12 @@ training code. The method table that drives ``train_student.py`` is ``distiller_
 from .AB import ABLoss, Connector
 from .AT import Attention
 from .CC import Correlation, LinearEmbed
+from .DIST import DIST
+from .DKD import DKD
 from .FitNet import ConvReg, HintLoss
 from .FSP import FSP
 from .FT import FactorTransfer, Paraphraser, Translator
-from .KD import DistillKL
+from .KD import DistillKL, standardize
 from .KDSVD import KDSVD
 from .NST import NSTLoss
 from .OFD import OFDLoss, ofd_margin
@@ -20,7 +22,7 @@ from .SP import Similarity
 from .VID import VIDLoss
 
 __all__ = [
-    "ABLoss", "Attention", "Correlation", "DistillKL", "FSP", "FactorTransfer", "HintLoss", "NSTLoss", "PKT",
-    "RKDLoss", "Similarity", "VIDLoss", "ConvReg", "LinearEmbed", "Connector", "Paraphraser", "Translator",
-    "ReviewKD", "ABF", "HCL", "hcl_loss", "OFDLoss", "ofd_margin", "KDSVD",
+    "ABLoss", "Attention", "Correlation", "DIST", "DKD", "DistillKL", "FSP", "FactorTransfer", "HintLoss", "NSTLoss",
+    "PKT", "RKDLoss", "Similarity", "VIDLoss", "ConvReg", "LinearEmbed", "Connector", "Paraphraser", "Translator",
+    "standardize", "ReviewKD", "ABF", "HCL", "hcl_loss", "OFDLoss", "ofd_margin", "KDSVD",
 ]

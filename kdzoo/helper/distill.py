@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdzoo.distiller_zoo.KD import DistillKL
-from kdzoo.distiller_zoo.registry import BuildContext, Method
+from kdzoo.distiller_zoo.registry import BuildContext, Method, warmup_factor
 from kdzoo.models.fusion import fold_batchnorm
 
 from .loops import StepOutput, train_epoch
@@ -62,22 +62,27 @@ class DistillTask(nn.Module):
     Logged terms: ``cls``, ``div`` and, when the method has a main-stage term, ``kd`` (the
     reference's names). A term may return a dict: its ``'kd'`` entry is weighted by ``beta`` and
     every other entry (already weighted by its own flag, e.g. WCoRD's ``local``) is added as is.
+    A logit method's term (``method.logits``) is called as ``term(logit_s, logit_t, targets)``.
+    ``logit_stand`` z-scores the logits of the KD term (Sun et al. 2024); the logit methods' own
+    terms take it from the flags when they are built.
     With ``warmup_epochs`` W, the ``'kd'`` entry is multiplied by ``min(1, epoch / W)`` (and logged
     so), the epoch (counted from 1) being set by :meth:`set_epoch`.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, method: Method, term: nn.Module | None,
-                 gamma: float, alpha: float, beta: float, kd_T: float, warmup_epochs: int = 0) -> None:
+                 gamma: float, alpha: float, beta: float, kd_T: float, logit_stand: bool = False,
+                 warmup_epochs: int = 0) -> None:
         super().__init__()
         self.student = student
         self.term = term
-        self.criterion_div = DistillKL(kd_T)
+        self.criterion_div = DistillKL(kd_T, logit_stand=logit_stand)
         self._teacher = _TeacherHolder(freeze_teacher(teacher))
         self.preact = method.preact
         self.teacher_preact = method.teacher_reads_preact
         self.warmup_epochs = warmup_epochs
         self.term_scale = 1.0  # a Python number: changing it neither syncs nor recompiles anything
         self.use_term = term is not None and method.main_stage_term
+        self.term_reads_logits = method.logits
         if term is not None and not method.main_stage_term:
             term.requires_grad_(False)  # used by the init stage only
         self.gamma, self.alpha, self.beta = gamma, alpha, beta
@@ -88,7 +93,7 @@ class DistillTask(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         """Called by ``helper.trainer.fit`` before each epoch: the warm-up of the method's term."""
-        self.term_scale = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
+        self.term_scale = warmup_factor(epoch, self.warmup_epochs)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -107,14 +112,17 @@ class DistillTask(nn.Module):
     def forward(self, images: torch.Tensor, targets: torch.Tensor, *extras: torch.Tensor) -> StepOutput:
         # Teacher first: its temporaries are freed before the student's graph holds activations,
         # which lowers the peak memory and the step time.
-        feat_t, logit_t = self.teacher_outputs(images, features=self.use_term)
+        feat_t, logit_t = self.teacher_outputs(images, features=self.use_term and not self.term_reads_logits)
         feat_s, logit_s = self.student(images, is_feat=True, preact=self.preact)
         loss_cls = F.cross_entropy(logit_s, targets)
         loss_div = self.criterion_div(logit_s, logit_t)
         terms = {"cls": loss_cls, "div": loss_div}
         loss = self.gamma * loss_cls + self.alpha * loss_div
         if self.use_term:
-            out = self.term(feat_s, feat_t, *extras)
+            if self.term_reads_logits:
+                out = self.term(logit_s, logit_t, targets)
+            else:
+                out = self.term(feat_s, feat_t, *extras)
             parts = dict(out) if isinstance(out, dict) else {"kd": out}
             if self.term_scale != 1.0:
                 parts["kd"] = self.term_scale * parts["kd"]  # logged warmed up: loss = ... + beta * kd still holds

@@ -144,6 +144,8 @@ def fit(
     Every epoch writes ``<model>_last.pth`` (everything needed to resume), ``<model>_best.pth``
     when test accuracy improves and ``ckpt_epoch_<E>.pth`` every ``save_freq`` epochs, all in the
     reference format (``{'model': state_dict, 'epoch', 'accuracy', ...}``) and atomically.
+    A task with a ``set_epoch(epoch)`` method has it called before each training epoch (epochs
+    count from 1; a resumed run continues the count), e.g. for DKD's warm-up.
     """
     run_dir = Path(run_dir)
     device = env.device
@@ -179,6 +181,7 @@ def fit(
 
     logger = RunLogger(run_dir, enabled=env.is_main, resume_epoch=start_epoch - 1)
     eval_model = task.eval_model
+    set_task_epoch = getattr(task, "set_epoch", None)
 
     def checkpoint(epoch: int, accuracy: float) -> dict[str, Any]:
         return {
@@ -193,8 +196,8 @@ def fit(
             seed_everything(epoch_seed(seed, epoch, env.rank))
             train_loader.sampler.set_epoch(epoch)
             train_loader.dataset.set_epoch(epoch, seed)
-            if hasattr(task, "set_epoch"):  # e.g. a distillation term's warm-up
-                task.set_epoch(epoch)
+            if set_task_epoch is not None:
+                set_task_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
             try:
                 train = train_epoch(step_fn, train_loader, optimizer, normalize, device, epoch, print_freq, log,
