@@ -23,7 +23,8 @@
 # kdzoo.distiller_zoo.registry.METHODS provides; the others are skipped with a note on stderr.
 # FSP and KDSVD need identical student/teacher channel lists, so they run only on the pairs marked in
 # PAIRS (the table's N/A for wrn-40-2 -> wrn-40-1, and no cross-family pair: FSP is absent from Table 2).
-# ReviewKD's -b follows its authors per pair (PAIR_BETA).
+# A weight written "-" is not passed: train_student.py then takes the registry's paper value for
+# the pair (ReviewKD's -b, DKD's own beta, ...).
 # Runs go one after another; a failed run is reported and the others still run; the exit status is
 # non-zero when any failed.
 set -u
@@ -47,7 +48,7 @@ METHOD_ROWS=(
   "RRD           rrd         1     0     1"
   "RRD+KD        rrd         1     1     1"
   "WCoRD+KD      wcord       1     1     0.8"
-  "ReviewKD      reviewkd    1     0     5"
+  "ReviewKD      reviewkd    1     0     -"
   "OFD           ofd         1     0     0.001"
   "KDSVD         kdsvd       1     0     1"
   # Logit methods. DKD's own beta (per pair), temperature 4 and 20-epoch warm-up, and DIST's
@@ -57,15 +58,6 @@ METHOD_ROWS=(
   "DIST          dist        1     0     2"
   "KD+LS         kd          0.1   9     0       --logit_stand --kd_T 2"
   "DKD+LS        dkd         1     0     9       --logit_stand --kd_T 2"
-)
-
-# -b of a (method, teacher, student) where the method's authors set it per pair (ReviewKD's
-# CIFAR-100 script; resnet110 -> resnet20 is not in it and gets the value of its teacher's other pair).
-declare -A PAIR_BETA=(
-  ["reviewkd resnet56 resnet20"]=0.6
-  ["reviewkd resnet110 resnet20"]=1
-  ["reviewkd resnet110 resnet32"]=1
-  ["reviewkd resnet32x4 ShuffleV2"]=8
 )
 
 # teacher      student       same channels: FSP and KDSVD run (Table 1: same family, then Table 2: cross family)
@@ -135,10 +127,11 @@ for (( trial = 1; trial <= TRIALS; trial++ )); do
         for pair in "${PAIRS[@]}"; do
             read -r teacher student same_channels <<<"$pair"
             [[ ( "$distill" == fsp || "$distill" == kdsvd ) && "$same_channels" != yes ]] && continue
-            b=${PAIR_BETA["$distill $teacher $student"]:-$b_row}
+            weights=(-r "$r" -a "$a")
+            [[ "$b_row" != - ]] && weights+=(-b "$b_row")
             path_t="$TEACHER_DIR/${teacher}_vanilla/ckpt_epoch_240.pth"
             cmd=("${launcher[@]}" train_student.py --path_t "$path_t" --model_s "$student"
-                 --distill "$distill" -r "$r" -a "$a" -b "$b" ${more[@]+"${more[@]}"} --trial "$trial"
+                 --distill "$distill" "${weights[@]}" ${more[@]+"${more[@]}"} --trial "$trial"
                  --data_folder "$DATA_FOLDER" "$@")
             run_with_teacher "$label:$teacher->$student:$trial" "$path_t" "${cmd[@]}"
         done

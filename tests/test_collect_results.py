@@ -718,11 +718,14 @@ def test_distill_script_print_only():
         if logit:
             assert o.kd_T == (2.0 if o.logit_stand else None)  # None: the registry's paper temperature
             got.add((o.distill, "ls" if o.logit_stand else "logit", teacher, o.model_s))
+        elif o.distill == "reviewkd":
+            assert o.beta is None  # left to the registry, which knows the authors' value per pair
+            resolved = train_student.resolve_options(train_student.build_parser(), o, require_teacher_file=False)
+            assert (resolved.gamma, resolved.alpha, resolved.beta) == (
+                1.0, 0.0, REVIEWKD_BETA.get((teacher, o.model_s), 5.0))
+            got.add((o.distill, None, teacher, o.model_s))
         elif o.distill in METHODS and o.distill not in {"crd", "rrd", "wcord"}:
-            gamma, alpha, beta = METHODS[o.distill].weights  # the paper weights
-            if o.distill == "reviewkd":
-                beta = REVIEWKD_BETA.get((teacher, o.model_s), beta)
-            assert (o.gamma, o.alpha, o.beta) == (gamma, alpha, beta)
+            assert (o.gamma, o.alpha, o.beta) == METHODS[o.distill].weights  # the paper weights
             got.add((o.distill, None, teacher, o.model_s))
         else:
             assert (o.gamma, o.alpha, o.beta) in {(1.0, a, b) for d, a, b in CONTRASTIVE if d == o.distill}
