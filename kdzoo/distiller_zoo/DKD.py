@@ -25,8 +25,7 @@ class DKD(nn.Module):
     each summed over the batch, divided by ``B`` and multiplied by ``T^2``, as the authors compute
     them. (Classical KD equals ``TCKD + (1 - p_t_y) * NCKD`` per sample.) ``logit_stand=True``
     z-scores both logits first (Sun et al. 2024, :func:`~kdzoo.distiller_zoo.KD.standardize`).
-    The authors' linear warm-up is applied by whoever weights the term (the registry's
-    ``LogitTerm``), not here.
+    The authors' linear warm-up is applied by the training loop (``Method.warmup``), not here.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
