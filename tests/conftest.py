@@ -8,8 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = Path(os.environ.get("KD_SHARED", ROOT.parent / "shared"))
-REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
+# The reference facts every clone is checked against (tests/fixtures/README.md says how they were made).
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def pytest_configure(config):

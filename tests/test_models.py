@@ -1,4 +1,4 @@
-"""Every backbone against the reference spec in shared/reference/cifar_models.json."""
+"""Every backbone against the reference spec in tests/fixtures/reference_models.json."""
 import io
 import json
 
@@ -7,13 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REFERENCE
+from conftest import FIXTURES
 from kdzoo.models import model_dict
 
-SPEC_PATH = REFERENCE / "cifar_models.json"
-if not SPEC_PATH.exists():
-    pytest.skip(f"backbone spec not found at {SPEC_PATH}", allow_module_level=True)
-SPEC = json.loads(SPEC_PATH.read_text())
+SPEC = json.loads((FIXTURES / "reference_models.json").read_text())
 CIFAR_NAMES = sorted(SPEC)
 
 
