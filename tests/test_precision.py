@@ -127,8 +127,9 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(case, monkeypatch):
         assert "avx512_bf16" in messages[0] and "amx_bf16" in messages[0] and "drop --amp" in messages[0]
 
 
+@pytest.mark.parametrize("cpuinfo", [None, "processor\t: 0\nmodel name\t: unknown\n"])
 @pytest.mark.parametrize("onednn", [True, False])
-def test_without_cpuinfo_onednn_decides(onednn, monkeypatch):
-    monkeypatch.setattr(precision_module, "read_cpuinfo", lambda: None)
+def test_without_cpu_flags_onednn_decides(cpuinfo, onednn, monkeypatch):
+    monkeypatch.setattr(precision_module, "read_cpuinfo", lambda: cpuinfo)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn, raising=False)
     assert precision_module.cpu_has_fast_bfloat16() is onednn

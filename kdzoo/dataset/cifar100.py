@@ -13,10 +13,8 @@ from .transforms import CIFAR100_MEAN, CIFAR100_STD, draw_crop_flip, random_crop
 NUM_CLASSES = 100
 _FILES = ("train", "test", "meta")
 _SIDE = 32
-
-
 FOLDER = "cifar-100-python"
-# What torchvision's download writes into the data folder.
+# What torchvision's download writes into the data folder besides FOLDER.
 _ARCHIVE = "cifar-100-python.tar.gz"
 
 

@@ -82,25 +82,26 @@ def read_cpuinfo() -> str | None:
         return None
 
 
-def cpu_flags(cpuinfo: str) -> set[str]:
+def cpu_flags(cpuinfo: str) -> set[str] | None:
     """The instruction-set flags of the first CPU in ``/proc/cpuinfo`` text (x86 ``flags``, Arm
-    ``Features``)."""
+    ``Features``), or ``None`` when the text lists none."""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             return set(value.split())
-    return set()
+    return None
 
 
 def cpu_has_fast_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively. Without such instructions oneDNN emulates it,
     and a bfloat16 step is slower than fp32 even with AVX-512: a distillation ran 343 img/s under
     --amp and 719 without on an AVX-512 CPU lacking avx512_bf16, and resnet20 -> resnet8 ran 6x
-    slower than fp32 on an AVX2-only AMD EPYC (Zen 3). Where /proc/cpuinfo is absent, oneDNN's own check decides (it
-    accepts plain AVX-512, so it may miss the slow case)."""
+    slower than fp32 on an AVX2-only AMD EPYC (Zen 3). Where /proc/cpuinfo lists no flags (not
+    Linux), oneDNN's own check decides; it accepts plain AVX-512, so it may miss the slow case."""
     cpuinfo = read_cpuinfo()
-    if cpuinfo is not None:
-        return bool(cpu_flags(cpuinfo) & NATIVE_BFLOAT16_FLAGS)
+    flags = cpu_flags(cpuinfo) if cpuinfo is not None else None
+    if flags is not None:
+        return bool(flags & NATIVE_BFLOAT16_FLAGS)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # private API; assume the best if it ever goes away
