@@ -26,9 +26,22 @@ from kdzoo.helper.distill import DistillTask, build_term, fold_teacher_batchnorm
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.loops import evaluate
 from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
+from kdzoo.helper.options import apply_threads, given_flags
 from kdzoo.helper.precision import Precision
+from kdzoo.helper.summary import distillation_rows, log_summary
 from kdzoo.helper.trainer import prepare_run, run_training
 from kdzoo.models import model_dict
+
+
+def distill_help(default: str) -> str:
+    """One line per method of the registry: its paper, and the weights -r/-a/-b default to."""
+    width = max(map(len, METHODS))
+    lines = [f"the method (default: {default}); -r/-a/-b default to its paper weights, and the log names "
+             "the loss terms cls, div (KD) and kd (the method's):"]
+    for name, m in METHODS.items():
+        init = ", init stage" if m.init is not None else ""
+        lines.append(f"{name:<{width}}  {m.paper} (-r {m.weights[0]:g} -a {m.weights[1]:g} -b {m.weights[2]:g}{init})")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--path_t", required=True,
                    help="teacher weights: a checkpoint ({'model': state_dict, ...}) or a torchvision weight file")
     g.add_argument("--model_s", default="resnet8", help=f"student architecture: {', '.join(model_dict)}")
-    g.add_argument("--distill", default="kd", choices=list(METHODS))
+    g.add_argument("--distill", default="kd", choices=list(METHODS), metavar="METHOD", help=distill_help("kd"))
     g.add_argument("-t", "--trial", default="1", help="the experiment id")
     g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy (default: paper)")
     g.add_argument("-a", "--alpha", type=float, default=None, help="weight of the KD term (default: paper)")
@@ -128,6 +141,7 @@ def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     opt = resolve_options(parser, parse_training_args(parser, argv))
+    apply_threads(opt.threads)
     method = METHODS[opt.distill]
     try:
         env = init_distributed(opt.device)
@@ -154,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
     precision.prepare_network(teacher.to(env.device))
     precision.prepare_network(student.to(env.device))
+    log_summary(f"train_student.py: {setup.run_dir.name}",
+                distillation_rows(opt, method, main_term=term is not None and method.main_stage_term,
+                                  resumed=setup.resume_state is not None),
+                opt, setup, precision, given_flags(parser, argv))
     teacher_eval = evaluate(teacher, setup.test_loader, normalize, env.device, precision)
     log(f"teacher {opt.model_t} ({opt.path_t}): test acc@1 {teacher_eval['acc']:.2f} acc@5 {teacher_eval['acc_top5']:.2f}")
 

@@ -18,7 +18,9 @@ from kdzoo.dataset.transforms import Normalize
 from kdzoo.helper.checkpoint import CheckpointError, check_same_run
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
+from kdzoo.helper.options import apply_threads, given_flags
 from kdzoo.helper.precision import Precision
+from kdzoo.helper.summary import log_summary
 from kdzoo.helper.trainer import ClassificationTask, prepare_run, run_training
 from kdzoo.models import model_dict
 
@@ -39,6 +41,7 @@ def run_name(model: str, trial: str) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     opt = parse_training_args(parser, argv)
+    apply_threads(opt.threads)
     if opt.model not in model_dict:
         parser.error(f"unknown --model {opt.model!r}; choose one of: {', '.join(model_dict)}")
     resolve_training_defaults(opt, opt.model)
@@ -56,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     normalize = Normalize(setup.spec.mean, setup.spec.std)
     precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
     precision.prepare_network(model.to(env.device))
+    log_summary(f"train_teacher.py: {setup.run_dir.name}", [("model", opt.model, ("model",))], opt, setup,
+                precision, given_flags(parser, argv))
     return run_training(ClassificationTask(model), opt.model, opt, setup, normalize, precision)
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ from kdzoo.helper.checkpoint import (
 from kdzoo.helper.distributed import DistEnv, init_distributed
 from kdzoo.helper.loops import StepOutput
 from kdzoo.helper.options import add_training_args, check_device_options, default_learning_rate
+from kdzoo.helper.options import apply_threads, given_flags
 from kdzoo.helper.precision import Precision
+from kdzoo.helper.summary import log_summary
 from kdzoo.helper.trainer import RunSetup, new_seed, prepare_run_dir, run_training
 from kdzoo.helper.util import parse_decay_epochs, positive_int, seed_everything
 from kdzoo.models import model_dict
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     opt = parser.parse_args(argv)
+    apply_threads(opt.threads)
     try:
         state = load_checkpoint(opt.path_s)
         opt.model_s = resolve_architecture(opt.path_s, opt.model_s, state)
@@ -256,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     normalize = Normalize(setup.spec.mean, setup.spec.std)
     precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
     precision.prepare_network(network.to(env.device))
+    log_summary(f"transfer_student.py: {setup.run_dir.name}",
+                [("backbone", f"{opt.model_s} from {opt.path_s}", ("model_s",))], opt, setup, precision,
+                given_flags(parser, argv))
     return run_training(task, opt.model_s, opt, setup, normalize, precision)
 
 

@@ -12,8 +12,9 @@ sys.path.insert(0, str(ROOT))
 # root), as ``data/cifar-100-python/`` and ``reference/*.json|md``. Tests that need them skip with a
 # reason when they are absent.
 SHARED = Path(os.environ.get("KD_SHARED", ROOT.parent / "shared"))
-REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
+# The reference facts every clone is checked against (tests/fixtures/README.md says how they were made).
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def pytest_configure(config):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REFERENCE, ROOT
+from conftest import FIXTURES, ROOT
 
 SCRIPTS = ROOT / "scripts"
 
@@ -270,30 +270,11 @@ def test_cli_is_torch_free(runs, tmp_path):
     assert (tmp_path / "out" / "results.csv").read_text().startswith(",".join(cr.CSV_FIELDS) + "\n")
 
 
-def _published_from_markdown(path: Path) -> dict[tuple[str, str, str], float]:
-    """The numbers of paper_tables.md's Tables 1 and 2 and WCoRD/RRD rows, keyed like cr.PUBLISHED."""
-    text = path.read_text()
-    out = {}
-    blocks = re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M)
-    pairs_by_width = {len(cr.TABLE1_PAIRS): cr.TABLE1_PAIRS, len(cr.TABLE2_PAIRS): cr.TABLE2_PAIRS}
-    for block in blocks[:4]:  # Table 1, Table 2, the two WCoRD/RRD blocks
-        lines = block.strip().splitlines()
-        pairs = pairs_by_width[len(lines[0].strip("|").split("|")) - 1]
-        for line in lines[2:]:
-            cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
-            for pair, value in zip(pairs, cells[1:]):
-                if value != "N/A":
-                    out[(*pair, cells[0])] = float(value)
-    return out
-
-
 def test_embedded_published_values_match_reference():
-    path = REFERENCE / "paper_tables.md"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    reference = _published_from_markdown(path)
-    rows = {label for _, _, label in reference}
-    assert {k: v for k, v in cr.PUBLISHED.items() if k[2] in rows} == reference
+    rows = json.loads((FIXTURES / "published_results.json").read_text())
+    reference = {(teacher, student, row): top1 for teacher, student, row, top1 in rows}
+    labels = {label for _, _, label in reference}
+    assert {k: v for k, v in cr.PUBLISHED.items() if k[2] in labels} == reference
 
 
 # Later methods, written out from their sources (named in collect_results.py):

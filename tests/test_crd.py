@@ -14,7 +14,7 @@ from ddp_launch import WORLD, assert_all_ok, launch
 import torch
 import torch.nn.functional as F
 
-from conftest import REFERENCE
+from conftest import FIXTURES
 from kdzoo.crd.criterion import ContrastLoss, ContrastMemory, CRDLoss, Embed, Normalize, QueueContrast
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,9 +238,7 @@ def layout(module: torch.nn.Module):
 
 
 def test_state_dict_layout_matches_reference():
-    path = REFERENCE / "loss_modules.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+    path = FIXTURES / "reference_loss_modules.json"
     name = "CRDLoss(s_dim=256, t_dim=256, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5, n_data=50000)"
     expected = [(k, list(shape)) for k, shape in json.loads(path.read_text())[name]]
     crd = CRDLoss(SimpleNamespace(s_dim=256, t_dim=256, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5,

@@ -292,6 +292,57 @@ def test_absent_folder_download_failure_says_where_to_put_files(tmp_path, monkey
     assert isinstance(err.value.__cause__, urllib.error.URLError)
 
 
+class _PartialDownload(_RecordingCIFAR100):
+    """Makes the data folder and writes part of the archive, then loses the network."""
+
+    calls = []
+
+    def after_call(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b partial")
+        super().after_call(root)
+
+
+def test_failed_download_removes_the_folders_it_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", _PartialDownload)
+    with pytest.raises(DataError, match="downloading it failed"):
+        read_cifar100(tmp_path / "runs" / "data", train=True)
+    assert list(tmp_path.iterdir()) == [], "a failed download left files or folders behind"
+
+
+def test_failed_download_keeps_what_the_folder_already_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", _PartialDownload)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        ensure_cifar100(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_cifar_folder_itself_is_accepted(tmp_path, monkeypatch):
+    class Unused(_PartialDownload):
+        calls = []
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", Unused)
+    root = write_fake_cifar(tmp_path / "data", n_train=10, n_test=3, seed=5)
+    folder = root / "cifar-100-python"
+    assert ensure_cifar100(folder) == folder
+    images, labels = read_cifar100(folder, train=False)
+    assert images.shape == (3, 3, 32, 32) and not Unused.calls
+
+
+def test_an_absent_cifar_folder_itself_is_downloaded_into_its_parent(tmp_path, monkeypatch):
+    class Downloading(_RecordingCIFAR100):
+        calls = []
+
+        def after_call(self, root):
+            write_fake_cifar(root, n_train=4, n_test=2)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", Downloading)
+    folder = tmp_path / "data" / "cifar-100-python"
+    assert ensure_cifar100(folder) == folder
+    assert Path(Downloading.calls[0][0]) == tmp_path / "data"
+
+
 def test_absent_folder_is_downloaded_then_read(tmp_path, monkeypatch):
     class Downloading(_RecordingCIFAR100):
         calls = []

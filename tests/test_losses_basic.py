@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REFERENCE
+from conftest import FIXTURES
 from kdzoo.distiller_zoo.AT import Attention
 from kdzoo.distiller_zoo.CC import Correlation, LinearEmbed
 from kdzoo.distiller_zoo.FitNet import ConvReg, HintLoss
@@ -269,10 +269,7 @@ def test_convreg_rejects_impossible_shapes(s_shape, t_shape):
 
 
 def _load_layouts() -> dict:
-    path = REFERENCE / "loss_modules.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return json.loads(path.read_text())
+    return json.loads((FIXTURES / "reference_loss_modules.json").read_text())
 
 
 def _layout(module: torch.nn.Module) -> list:

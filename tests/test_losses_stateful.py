@@ -11,13 +11,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REFERENCE
+from conftest import FIXTURES
 from kdzoo.distiller_zoo.AB import ABLoss, Connector
 from kdzoo.distiller_zoo.FSP import FSP
 from kdzoo.distiller_zoo.FT import FactorTransfer, Paraphraser, Translator
 from kdzoo.distiller_zoo.VID import VIDLoss
 
-LOSS_MODULES = REFERENCE / "loss_modules.json"
+LOSS_MODULES = FIXTURES / "reference_loss_modules.json"
 
 
 def block_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
@@ -31,8 +31,6 @@ def block_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
 
 
 def reference_layout(name: str):
-    if not LOSS_MODULES.exists():
-        pytest.skip(f"{LOSS_MODULES} not found")
     return [(k, list(shape)) for k, shape in json.loads(LOSS_MODULES.read_text())[name]]
 
 

@@ -1,5 +1,4 @@
-"""Every backbone against the reference's spec (cifar_models.json in the reference folder beside the
-checkout, see conftest.py)."""
+"""Every backbone against the reference spec in tests/fixtures/reference_models.json."""
 import io
 import json
 
@@ -8,13 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REFERENCE
+from conftest import FIXTURES
 from kdzoo.models import model_dict
 
-SPEC_PATH = REFERENCE / "cifar_models.json"
-if not SPEC_PATH.exists():
-    pytest.skip(f"backbone spec not found at {SPEC_PATH}", allow_module_level=True)
-SPEC = json.loads(SPEC_PATH.read_text())
+SPEC = json.loads((FIXTURES / "reference_models.json").read_text())
 CIFAR_NAMES = sorted(SPEC)
 
 

@@ -10,6 +10,7 @@ import train_teacher
 from kdzoo.distiller_zoo.registry import METHODS
 from fakedata import write_fake_cifar
 from kdzoo.helper.distill import DistillTask, build_term
+from kdzoo.helper import precision as precision_module
 from kdzoo.helper.precision import Precision
 from kdzoo.models import model_dict
 
@@ -94,3 +95,41 @@ def test_amp_on_a_cpu_without_native_bfloat16_warns(fast, monkeypatch):
     assert len(messages) == (0 if fast else 1)
     if not fast:
         assert "drop --amp" in messages[0]
+
+
+# /proc/cpuinfo excerpts: an AVX-512 Xeon without bfloat16 instructions (where --amp halved the
+# speed), the same with AVX512-BF16, a Sapphire Rapids with AMX, an AVX2-only EPYC, and Arm cores
+# with and without FEAT_BF16.
+_X86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx avx2 fma {extra}\nbogomips\t: 4000\n"
+CPUINFO = {
+    "avx512 without bf16": (_X86.format(extra="avx512f avx512dq avx512bw avx512vl avx512_vnni"), False),
+    "avx512 with avx512_bf16": (_X86.format(extra="avx512f avx512bw avx512vl avx512_bf16"), True),
+    "amx": (_X86.format(extra="avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"), True),
+    "avx2 only": (_X86.format(extra=""), False),
+    "arm with bf16": ("processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16\n", True),
+    "arm without bf16": ("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n", False),
+}
+
+
+@pytest.mark.parametrize("case", list(CPUINFO))
+def test_native_bfloat16_is_read_from_the_cpu_flags(case, monkeypatch):
+    text, native = CPUINFO[case]
+    monkeypatch.setattr(precision_module, "read_cpuinfo", lambda: text)
+    # oneDNN's own check accepts plain AVX-512; the flags alone must decide.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert precision_module.cpu_has_fast_bfloat16() is native
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Precision(torch.device("cpu"), amp=True)
+    messages = [str(w.message) for w in caught if "bfloat16" in str(w.message)]
+    assert len(messages) == (0 if native else 1), messages
+    if not native:
+        assert "avx512_bf16" in messages[0] and "amx_bf16" in messages[0] and "drop --amp" in messages[0]
+
+
+@pytest.mark.parametrize("cpuinfo", [None, "processor\t: 0\nmodel name\t: unknown\n"])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_without_cpu_flags_onednn_decides(cpuinfo, onednn, monkeypatch):
+    monkeypatch.setattr(precision_module, "read_cpuinfo", lambda: cpuinfo)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn, raising=False)
+    assert precision_module.cpu_has_fast_bfloat16() is onednn

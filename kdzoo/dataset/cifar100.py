@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,16 +13,24 @@ from .transforms import CIFAR100_MEAN, CIFAR100_STD, draw_crop_flip, random_crop
 NUM_CLASSES = 100
 _FILES = ("train", "test", "meta")
 _SIDE = 32
+FOLDER = "cifar-100-python"
+# What torchvision's download writes into the data folder besides FOLDER.
+_ARCHIVE = "cifar-100-python.tar.gz"
 
 
 def ensure_cifar100(data_folder: str | Path) -> Path:
-    """Return ``data_folder/cifar-100-python``; download it through torchvision if it is absent.
+    """Return the ``cifar-100-python`` folder: ``data_folder/cifar-100-python``, or ``data_folder``
+    itself when it is that folder; download it through torchvision if it is absent. A failed
+    download removes what it wrote (the archive, the folders it made), so the next run starts clean.
 
     torchvision's own loader is not used for reading because it insists on the md5 of the
     extracted files, which a valid re-pickled copy fails; we validate the contents instead.
     """
     root = Path(data_folder).expanduser()
-    folder = root / "cifar-100-python"
+    if root.name == FOLDER and not (root / FOLDER).is_dir():
+        root, folder = root.parent, root  # the folder itself was given
+    else:
+        folder = root / FOLDER
     if folder.is_dir():
         missing = [name for name in _FILES[:2] if not (folder / name).is_file()]
         if missing:
@@ -30,17 +39,38 @@ def ensure_cifar100(data_folder: str | Path) -> Path:
                 "from the official CIFAR-100 python archive."
             )
         return folder
+    made_dirs = [d for d in (root, *root.parents) if not d.exists()]  # deepest first
+    had = {name: (root / name).exists() for name in (FOLDER, _ARCHIVE)}
     try:
         from torchvision.datasets import CIFAR100
 
         CIFAR100(str(root), train=True, download=True)
     except Exception as err:  # network refused, disk full, bad archive: all need the same fix
+        _remove_download(root, [name for name, existed in had.items() if not existed], made_dirs)
         raise DataError(
             f"CIFAR-100 is not in {folder} and downloading it failed ({type(err).__name__}: {err}). "
             f"Place the extracted 'cifar-100-python' folder (files train, test, meta) in {root}, "
-            "or point --data_folder at the folder that contains it."
+            "or point --data_folder at the folder that contains it (or at the folder itself)."
         ) from err
     return folder
+
+
+def _remove_download(root: Path, new_names: list[str], made_dirs: list[Path]) -> None:
+    """Undo a failed download: the archive and folder it wrote, then the folders it made, deepest
+    first, as long as nothing else was put in them."""
+    for name in new_names:
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    for folder in made_dirs:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # something else was put there: keep it and the folders above
+            break
 
 
 def read_cifar_pickle(path: str | Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from kdzoo.distiller_zoo.KD import DistillKL
 from kdzoo.distiller_zoo.registry import BuildContext, Method, warmup_factor
 from kdzoo.models.fusion import fold_batchnorm
 
-from .loops import StepOutput, train_epoch
+from .loops import RunClock, StepOutput, train_epoch
 from .precision import Precision
 from .trainer import epoch_seed
 from .util import seed_everything
@@ -182,14 +182,17 @@ def run_init_stage(task: DistillTask, method: Method, loader: Any, normalize: nn
         # The classifier and any head outside the init loss get no gradient here.
         step = nn.parallel.DistributedDataParallel(
             step, device_ids=[env.device.index] if env.device.type == "cuda" else None, find_unused_parameters=True)
+    log(f"init stage of {method.name}: {opt.init_epochs} epochs (--init_epochs) before distillation")
+    clock = RunClock(1, opt.init_epochs, label="init stage")
     for epoch in range(1, opt.init_epochs + 1):
         data_epoch = INIT_EPOCH_OFFSET + epoch
         seed_everything(epoch_seed(seed, data_epoch, env.rank))
         loader.sampler.set_epoch(data_epoch)
         loader.dataset.set_epoch(data_epoch, seed)
         stats = train_epoch(step, loader, optimizer, normalize, env.device, epoch, opt.print_freq,
-                            lambda line: log("init " + line), precision, scaler)
-        log(f"init epoch {epoch}/{opt.init_epochs}  loss {stats['loss']:.4f}  {stats['seconds']:.1f}s")
+                            lambda line: log("init " + line), precision, scaler, clock)
+        log(f"init epoch {epoch}/{opt.init_epochs}  loss {stats['loss']:.4f}  {stats['seconds']:.1f}s  "
+            f"{clock.progress(epoch, 1.0)}")
     for p in task.parameters():
         p.requires_grad_(was_frozen[id(p)])
     task.train(was_training)

@@ -38,6 +38,48 @@ def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int) -> None:
         raise NonFiniteLossError(epoch, step)
 
 
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (``?`` while there is nothing to estimate from)."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class RunClock:
+    """Wall time of a stage of epochs ``first_epoch..last_epoch`` (the run, or an init stage), for
+    the elapsed time and estimated times left that the progress lines end with. Read only when a
+    line is printed, after the loop has synchronised anyway."""
+
+    def __init__(self, first_epoch: int, last_epoch: int, label: str = "run") -> None:
+        self.first_epoch, self.last_epoch, self.label = first_epoch, last_epoch, label
+        self.start: float | None = None
+        self.epoch_start = 0.0
+
+    def begin_epoch(self) -> None:
+        self.epoch_start = time.perf_counter()
+        if self.start is None:
+            self.start = self.epoch_start
+
+    def progress(self, epoch: int, fraction: float | None) -> str:
+        """``elapsed ...  epoch eta ...  <label> eta ...`` with ``fraction`` of epoch ``epoch`` done
+        (``None``: unknown). The stage's estimate is its mean time per epoch so far (evaluation
+        and checkpoints included), times the epochs left; the epoch's, this epoch's own pace."""
+        now = time.perf_counter()
+        elapsed = now - (self.start if self.start is not None else now)
+        parts = [f"elapsed {format_duration(elapsed)}"]
+        if fraction is None:
+            return parts[0]
+        if fraction < 1:
+            in_epoch = now - self.epoch_start
+            parts.append(f"epoch eta {format_duration(in_epoch / fraction - in_epoch)}")
+        if epoch < self.last_epoch or fraction < 1:
+            per_epoch = elapsed / (epoch - self.first_epoch + fraction)
+            epochs_left = self.last_epoch - epoch + 1 - fraction
+            parts.append(f"{self.label} eta {format_duration(per_epoch * epochs_left)}")
+        return "  ".join(parts)
+
+
 @dataclass
 class StepOutput:
     """What a task's training step returns: the loss to minimise, the logits scored for training
@@ -63,15 +105,19 @@ def train_epoch(
     log: Callable[[str], None] = print,
     precision: Precision | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    clock: RunClock | None = None,
 ) -> dict[str, float]:
     """Run one epoch of ``step_fn(images, targets, *extras) -> StepOutput`` with SGD updates.
 
     Returns averages over every sample seen by every process: ``loss``, ``acc`` and each term,
     plus ``images_per_sec`` and ``seconds``. Raises :class:`NonFiniteLossError` (naming the first
     bad step) when the loss stops being finite. ``precision`` selects autocast and memory layout
-    (default: fp32, contiguous); ``scaler`` (float16 autocast) lives as long as the run.
+    (default: fp32, contiguous); ``scaler`` (float16 autocast) lives as long as the run; ``clock``
+    times the stage this epoch belongs to (default: this epoch alone).
     """
     precision = precision or Precision(device)
+    clock = clock or RunClock(epoch, epoch)
+    clock.begin_epoch()
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen = torch.zeros((), device=device)
@@ -105,9 +151,10 @@ def train_epoch(
         if (step + 1) % print_freq == 0 or step + 1 == total_steps:
             _raise_if_non_finite(first_bad, epoch)
             rate = n_local / (time.perf_counter() - start)
+            fraction = (step + 1) / total_steps if total_steps > 0 else None
             log(
                 f"Epoch [{epoch}][{step + 1}/{total_steps}]  loss {float(sums['loss'] / seen):.4f}  "
-                f"acc@1 {float(100 * correct / seen):.2f}  {rate:.0f} img/s"
+                f"acc@1 {float(100 * correct / seen):.2f}  {rate:.0f} img/s  {clock.progress(epoch, fraction)}"
             )
     _raise_if_non_finite(first_bad, epoch)
     seconds = time.perf_counter() - start

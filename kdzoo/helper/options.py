@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
+
+import torch
 
 from .util import parse_decay_epochs, positive_float, positive_int
 
@@ -36,10 +39,42 @@ IMAGENET_LR_PER_256 = 0.1
 RECIPE_FLAGS = ("epochs", "batch_size", "learning_rate", "lr_decay_epochs", "weight_decay", "image_size")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` that shows every flag's default: appended as ``(default: ...)`` unless the help
+    text already explains it (as it must for flags whose default is ``None``, i.e. computed), and
+    that keeps the line breaks of a help text (one line per ``--distill`` method)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.required
+                or action.default in (None, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: {_shown(action.default)})".strip()
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # A help text of several lines is a list: its wrapped lines hang under their first.
+        indent = "    " if "\n" in text else ""
+        return [line for part in text.splitlines()
+                for line in (textwrap.wrap(part, width, subsequent_indent=indent) or [""])]
+
+
+def _shown(default: Any) -> str:
+    """A default as it is typed on the command line, escaped for argparse's %-formatting."""
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, (list, tuple)):
+        shown = ",".join(str(v) for v in default)
+    else:
+        shown = str(default)
+    return shown.replace("%", "%%")
+
+
 def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the shared flags. Their argparse defaults are the CIFAR-100 recipe, so a plain
     ``parse_args`` gives the reference's values; parse with :func:`parse_training_args` and finish
-    with :func:`resolve_training_defaults` to get the recipe of ``--dataset``."""
+    with :func:`resolve_training_defaults` to get the recipe of ``--dataset``. The parser's
+    ``--help`` shows every default (:class:`DefaultsHelpFormatter`)."""
+    parser.formatter_class = DefaultsHelpFormatter
     cifar, imagenet = RECIPES["cifar100"], RECIPES["imagenet"]
     g = parser.add_argument_group("training (reference flags)")
     g.add_argument("--print_freq", type=positive_int, default=100, help="print a progress line every N steps")
@@ -58,22 +93,28 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--lr_decay_epochs", type=parse_decay_epochs, default=list(cifar.lr_decay_epochs),
                    help="epochs after which the lr is multiplied by --lr_decay_rate (default 150,180,210; "
                         "imagenet: 30,60,90)")
-    g.add_argument("--lr_decay_rate", type=float, default=0.1)
+    g.add_argument("--lr_decay_rate", type=float, default=0.1, help="learning-rate factor at each decay epoch")
     g.add_argument("--weight_decay", type=float, default=cifar.weight_decay,
                    help=f"default {cifar.weight_decay:g}; imagenet: {imagenet.weight_decay:g}")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--dataset", default="cifar100", choices=list(RECIPES))
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--dataset", default="cifar100", choices=list(RECIPES),
+                   help="the dataset, and the recipe of every schedule flag left out")
 
     g = parser.add_argument_group("this project's additions")
     g.add_argument("--data_folder", default="./data",
-                   help="folder holding cifar-100-python/ (or an ImageNet root with train/ and val/)")
+                   help="folder holding cifar-100-python/, or that folder itself (CIFAR-100 is downloaded "
+                        "there when absent); for imagenet, the root holding train/ and val/")
     g.add_argument("--image_size", type=positive_int, default=None,
                    help=f"imagenet: side of the training crop and of the centre crop for testing "
                         f"(default {imagenet.image_size}); CIFAR-100 is always {cifar.image_size}")
     g.add_argument("--save_folder", default=None, help="parent folder of the run folders")
     g.add_argument("--seed", type=int, default=None, help="seed everything (default: a random seed, recorded)")
-    g.add_argument("--resume", default=None, metavar="PATH", help="continue the run that wrote this checkpoint")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue the run that wrote this checkpoint (default: start a new run)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch threads per process (intra-op and inter-op pools); two runs sharing a machine "
+                        "should split its cores (default: torch's choice, one per physical core)")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: bfloat16 autocast (float16 + gradient scaling on GPUs without bf16)")
     g.add_argument("--channels_last", action="store_true", help="NHWC memory layout for convolutions")
@@ -81,9 +122,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="torch.compile the networks (state-dict keys unchanged; the first steps compile)")
     g.add_argument("--sync_bn", action="store_true", help="synchronise batch norm across torchrun processes (CUDA)")
     g.add_argument("--train_subset", type=positive_int, default=None, metavar="N",
-                   help="use N training images (CIFAR: the first N; ImageFolder: N evenly spaced, all classes)")
+                   help="use N training images (CIFAR: the first N; ImageFolder: N evenly spaced, all classes; "
+                        "default: all)")
     g.add_argument("--test_subset", type=positive_int, default=None, metavar="N",
-                   help="use N test images (chosen as for --train_subset)")
+                   help="use N test images (chosen as for --train_subset; default: all)")
     return parser
 
 
@@ -94,6 +136,30 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: Sequence[str] | N
     # argparse writes a default only into attributes the namespace does not have yet, so flags
     # pre-set to None stay None unless they appear on the command line.
     return parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(RECIPE_FLAGS)))
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> frozenset[str]:
+    """The destinations of the flags ``argv`` sets explicitly (``None``: ``sys.argv[1:]``, as
+    ``parse_args``), for the start-up summary's given/default marks. Parses ``argv`` again with every
+    destination pre-set to a marker, which argparse leaves alone unless a flag sets it."""
+    unset = object()
+    dests = {a.dest for a in parser._actions if a.dest != argparse.SUPPRESS}
+    namespace = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(dests, unset)))
+    return frozenset(d for d in dests if getattr(namespace, d) is not unset)
+
+
+def apply_threads(threads: int | None) -> None:
+    """``--threads``: size this process's intra-op and inter-op thread pools (``None``: torch's
+    choice). The inter-op pool can only be sized before its first use, so a second run in the same
+    process keeps the size it has."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != threads:
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:
+            pass
 
 
 def resolve_training_defaults(opt: argparse.Namespace, model_name: str) -> argparse.Namespace:

@@ -20,7 +20,7 @@ from kdzoo.dataset.transforms import Normalize
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
 from .distributed import DistEnv, barrier, broadcast_buffers, cleanup
 from .logger import RunLogger
-from .loops import NonFiniteLossError, StepOutput, evaluate, train_epoch
+from .loops import NonFiniteLossError, RunClock, StepOutput, evaluate, train_epoch
 from .precision import Precision
 from .run_record import write_run_record
 from .util import seed_everything
@@ -182,6 +182,7 @@ def fit(
     logger = RunLogger(run_dir, enabled=env.is_main, resume_epoch=start_epoch - 1)
     eval_model = task.eval_model
     set_task_epoch = getattr(task, "set_epoch", None)
+    clock = RunClock(start_epoch, schedule.epochs)
 
     def checkpoint(epoch: int, accuracy: float) -> dict[str, Any]:
         return {
@@ -201,7 +202,7 @@ def fit(
             lr = optimizer.param_groups[0]["lr"]
             try:
                 train = train_epoch(step_fn, train_loader, optimizer, normalize, device, epoch, print_freq, log,
-                                    precision, scaler)
+                                    precision, scaler, clock)
             except NonFiniteLossError as err:
                 last_good = run_dir / f"{model_name}_last.pth"
                 kept = f"the last good checkpoint is {last_good}" if last_good.exists() else "no checkpoint was written yet"
@@ -229,7 +230,8 @@ def fit(
             log(
                 f"epoch {epoch}/{schedule.epochs}  lr {lr:.4g}  train loss {train['loss']:.4f} acc {train['acc']:.2f}  "
                 f"test acc@1 {test['acc']:.2f} acc@5 {test['acc_top5']:.2f}  best {best_acc:.2f}  "
-                f"{train['images_per_sec']:.0f} img/s  {train['seconds']:.1f}s"
+                f"{train['images_per_sec']:.0f} img/s  {train['seconds']:.1f}s  {clock.progress(epoch, 1.0)}"
+                + describe_terms(train)
             )
             barrier()
     finally:
@@ -239,6 +241,13 @@ def fit(
         sys.stdout.flush()
         print(json.dumps(result), flush=True)
     return result
+
+
+def describe_terms(train: dict[str, float]) -> str:
+    """The epoch's mean loss terms (``cls``, ``div``, ``kd``, ... as ``StepOutput.terms`` names
+    them), when the loss has more than one."""
+    terms = {k: v for k, v in train.items() if k not in ("loss", "acc", "images_per_sec", "seconds")}
+    return ("  terms " + " ".join(f"{k} {v:.4f}" for k, v in terms.items())) if len(terms) > 1 else ""
 
 
 def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, normalize: Normalize,
