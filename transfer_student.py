@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from kdzoo.dataset import DataError, build_loaders
 from kdzoo.dataset.transfer import TRANSFER_DATASETS, transfer_splits
 from kdzoo.dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
-from kdzoo.helper.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_name_from_path, saved_options
+from kdzoo.helper.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    model_name_from_path,
+    saved_options,
+)
 from kdzoo.helper.distributed import DistEnv, init_distributed
 from kdzoo.helper.loops import StepOutput
 from kdzoo.helper.options import add_training_args, check_device_options, default_learning_rate

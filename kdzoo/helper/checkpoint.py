@@ -49,9 +49,26 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        # torch.save reports a failed write (full disk) as a RuntimeError of its zip writer, raised
+        # while handling the OSError: surface the OSError, which callers handle.
+        os_error = _os_error_in(err)
+        if os_error is None or os_error is err:
+            raise
+        raise OSError(os_error.errno, os_error.strerror, str(path)) from err
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The first OSError in ``err``'s chain of causes and contexts, ``err`` included."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -222,17 +222,17 @@ def fit(
             return "no checkpoint was written yet"
         return f"the last good checkpoint is {last_path} (epoch {saved_epoch})"
 
-    def write_failure(epoch: int, err: OSError | None) -> TrainingStopped:
+    def write_failure(when: str, err: OSError | None) -> TrainingStopped:
         reason = f"{err.strerror or err}" if err is not None else "the main process could not write"
         return TrainingStopped(
-            f"cannot write to the run folder {run_dir} ({reason}) at the end of epoch {epoch}; training stopped, "
-            f"{last_good()}; free space or make the folder writable, then continue with --resume {last_path}"
+            f"cannot write to the run folder {run_dir} ({reason}) {when}; training stopped, {last_good()}; "
+            f"free space or make the folder writable, then continue with --resume {last_path}"
         )
 
     try:
         logger = RunLogger(run_dir, enabled=env.is_main, resume_epoch=start_epoch - 1)
     except OSError as err:
-        raise write_failure(start_epoch - 1, err) from err
+        raise write_failure("while opening its logs", err) from err
     eval_model = task.eval_model
 
     def checkpoint(epoch: int, accuracy: float) -> dict[str, Any]:
@@ -281,7 +281,7 @@ def fit(
                     write_error = err
             # Collective (it also keeps the processes in step): all stop when the main one could not write.
             if any_rank(write_error is not None, device):
-                raise write_failure(epoch, write_error) from write_error
+                raise write_failure(f"at the end of epoch {epoch}", write_error) from write_error
             saved_epoch = epoch
             log(
                 f"epoch {epoch}/{schedule.epochs}  lr {lr:.4g}  train loss {train['loss']:.4f} acc {train['acc']:.2f}  "
