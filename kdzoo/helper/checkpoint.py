@@ -155,7 +155,7 @@ RESUME_FREE_FLAGS = frozenset({
     "resume", "epochs", "seed", "save_folder", "trial", "device", "num_workers", "print_freq", "tb_freq",
     "save_freq", "channels_last", "compile", "download",
 })
-# Flags holding a file or folder: compared as resolved paths ('./data' and '/home/me/data' agree).
+# Flags holding a file or folder: compared as resolved paths (one folder spelled two ways agrees).
 PATH_FLAGS = frozenset({"data_folder", "path_t", "path_s"})
 # How a flag left at None reads in a message (default: "(not set)").
 _UNSET = {"train_subset": "all images", "test_subset": "all images"}
