@@ -21,7 +21,7 @@ from kdzoo.dataset import DataError
 from kdzoo.dataset.transforms import Normalize
 from kdzoo.crd import WCORD_DEFAULTS
 from kdzoo.distiller_zoo.registry import METHODS
-from kdzoo.helper.checkpoint import CheckpointError, check_same_run, load_model_weights, model_name_from_path
+from kdzoo.helper.checkpoint import CheckpointError, load_model_weights, model_name_from_path
 from kdzoo.helper.distill import DistillTask, build_term, fold_teacher_batchnorm, run_init_stage
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.loops import evaluate
@@ -148,8 +148,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         log = print if env.is_main else (lambda *_: None)
         check_device_options(opt, env.device.type, env.distributed)
         setup = prepare_run(opt, env, run_name(opt), view=method.data_view(opt), k=opt.nce_k, mode=opt.mode)
-        if setup.resume_state is not None:
-            check_same_run(setup.resume_state, opt, opt.resume, ("distill", "model_s", "model_t", "logit_stand"))
         n_cls = setup.spec.num_classes
         teacher = model_dict[opt.model_t](num_classes=n_cls)
         load_model_weights(teacher, opt.path_t, name=opt.model_t)

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from kdzoo.dataset import DataError
 from kdzoo.dataset.transforms import Normalize
-from kdzoo.helper.checkpoint import CheckpointError, check_same_run
+from kdzoo.helper.checkpoint import CheckpointError
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
 from kdzoo.helper.options import apply_threads, given_flags
@@ -49,8 +49,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         env = init_distributed(opt.device)
         check_device_options(opt, env.device.type, env.distributed)
         setup = prepare_run(opt, env, run_name(opt.model, opt.trial))
-        if setup.resume_state is not None:
-            check_same_run(setup.resume_state, opt, opt.resume, ("model",))
     except (DataError, CheckpointError, ValueError) as err:
         parser.error(str(err))
     model: nn.Module = model_dict[opt.model](num_classes=setup.spec.num_classes)

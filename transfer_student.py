@@ -22,11 +22,10 @@ from kdzoo.dataset.transfer import TRANSFER_DATASETS, transfer_splits
 from kdzoo.dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 from kdzoo.helper.checkpoint import (
     CheckpointError,
-    check_resumable,
-    check_same_run,
     load_checkpoint,
     load_model_weights,
     model_name_from_path,
+    saved_options,
 )
 from kdzoo.helper.distributed import DistEnv, init_distributed
 from kdzoo.helper.loops import StepOutput
@@ -34,13 +33,9 @@ from kdzoo.helper.options import add_training_args, check_device_options, defaul
 from kdzoo.helper.options import apply_threads, given_flags
 from kdzoo.helper.precision import Precision
 from kdzoo.helper.summary import log_summary
-from kdzoo.helper.trainer import RunSetup, new_seed, prepare_run_dir, run_training
+from kdzoo.helper.trainer import RunSetup, load_resume_state, new_seed, open_run_dir, prepare_run_dir, run_training
 from kdzoo.helper.util import parse_decay_epochs, positive_int, seed_everything
 from kdzoo.models import model_dict
-
-# The flags a resumed run must share with the run it continues.
-SAME_RUN_FLAGS = ("model_s", "dataset", "bn_adapt", "image_size", "norm")
-
 
 def _linear_path(network: nn.Module) -> str:
     """Where the classifier's linear layer sits in ``network`` (``fc``, ``linear``, ``classifier``,
@@ -110,21 +105,13 @@ class LinearProbeTask(nn.Module):
         return StepOutput(loss, logits, {"cls": loss})
 
 
-def _saved_options(state: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's recorded flags: a dict here, an ``argparse.Namespace`` in reference files."""
-    saved = state.get("opt")
-    if saved is None:
-        return {}
-    return dict(saved) if isinstance(saved, dict) else dict(getattr(saved, "__dict__", {}))
-
-
 def resolve_architecture(path: str | Path, model_s: str | None, state: dict[str, Any]) -> str:
     """``--model_s``, else the name the checkpoint records (``'model_name'``, or ``model_s`` /
     ``model`` in its ``'opt'``), else the run folder's name (``S:<student>_T:<teacher>_...`` for
     students, ``<model>_vanilla`` for teachers)."""
     if model_s:
         return model_s
-    saved = _saved_options(state)
+    saved = saved_options(state)
     name = state.get("model_name") or saved.get("model_s") or saved.get("model")
     if name:
         return str(name)
@@ -143,7 +130,7 @@ def resolve_architecture(path: str | Path, model_s: str | None, state: dict[str,
 
 def source_normalization(state: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation the student was trained with: ImageNet's for ImageNet runs, else CIFAR-100's."""
-    if _saved_options(state).get("dataset") == "imagenet":
+    if saved_options(state).get("dataset") == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     return CIFAR100_MEAN, CIFAR100_STD
 
@@ -174,11 +161,7 @@ def prepare_transfer_run(opt: argparse.Namespace, env: DistEnv,
                          normalization: tuple[tuple[float, ...], tuple[float, ...]] | None) -> RunSetup:
     """Seed, run folder, resume state and loaders, as ``helper.trainer.prepare_run`` does for the
     training datasets."""
-    resume_state = None
-    if opt.resume:
-        resume_state = load_checkpoint(opt.resume)
-        check_resumable(resume_state, opt.resume)
-        check_same_run(resume_state, opt, opt.resume, SAME_RUN_FLAGS)
+    resume_state = load_resume_state(opt)
     seed = resume_state["seed"] if resume_state else (opt.seed if opt.seed is not None else new_seed())
     seed_everything(seed)
     run_dir = prepare_run_dir(opt.save_folder, run_name(opt), opt.resume)
@@ -186,6 +169,7 @@ def prepare_transfer_run(opt: argparse.Namespace, env: DistEnv,
         opt.dataset, opt.data_folder, opt.image_size, normalization, opt.train_subset, opt.test_subset,
         num_workers=opt.num_workers, download=opt.download, uint8=True,
     )
+    open_run_dir(run_dir, env, resumed=resume_state is not None)
     train_loader, test_loader, spec = build_loaders(
         train_set, test_set, opt.batch_size, opt.num_workers, seed=seed, rank=env.rank,
         world_size=env.world_size, pin_memory=env.device.type == "cuda",

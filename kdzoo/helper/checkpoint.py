@@ -7,7 +7,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import torch
 
@@ -18,6 +18,8 @@ RESUME_KEYS = ("task", "optimizer", "scheduler", "best_acc", "seed")
 # are registered here as imagenet_<arch>.
 _TORCHVISION_FILE = re.compile(r"([a-z0-9_]+)-[0-9a-f]{8,}\.pth")
 TORCHVISION_PREFIX = "imagenet_"
+
+TEMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -30,22 +32,57 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Create or replace ``path`` with what ``write`` writes into a binary file, atomically: the
+    bytes go to a temporary file in the same folder, which replaces ``path`` only once complete and
+    synced. On any error (a full disk, an interrupt) ``path`` keeps its previous content and the
+    temporary file is removed; a killed process may leave one behind, which
+    :func:`remove_stale_temporaries` clears."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        # torch.save reports a failed write (full disk) as a RuntimeError of its zip writer, raised
+        # while handling the OSError: surface the OSError, which callers handle.
+        os_error = _os_error_in(err)
+        if os_error is None or os_error is err:
+            raise
+        raise OSError(os_error.errno, os_error.strerror, str(path)) from err
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The first OSError in ``err``'s chain of causes and contexts, ``err`` included."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` when its process was
+    killed mid-write (``.<name>.<random>.tmp``); returns them."""
+    stale = sorted(Path(folder).glob(f".*{TEMP_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _read(path: Path, map_location: Any) -> Any:
@@ -110,12 +147,79 @@ def check_resumable(state: dict[str, Any], path: str | Path) -> None:
         )
 
 
-def check_same_run(state: dict[str, Any], opt: Any, path: str | Path, keys: Iterable[str]) -> None:
-    """Refuse to resume a checkpoint under flags that describe another run (another model or method)."""
-    saved = state.get("opt", {})
-    for key in keys:
-        if key in saved and saved[key] != getattr(opt, key):
-            raise CheckpointError(f"--resume {path} is a run of --{key} {saved[key]}, not --{key} {getattr(opt, key)}")
+# Flags a resumed run may change: they decide how a run is executed, where it is written or how
+# often it reports, never what its numbers mean. Every other recorded flag must match, so a flag
+# added later is checked unless it is listed here. --epochs may only grow (checked on its own), and
+# --seed, ignored on resume, must be left out or equal the recorded seed.
+RESUME_FREE_FLAGS = frozenset({
+    "resume", "epochs", "seed", "save_folder", "trial", "device", "num_workers", "print_freq", "tb_freq",
+    "save_freq", "channels_last", "compile", "download", "threads", "trust_checkpoint",
+})
+# Flags holding a file or folder: compared as resolved paths (one folder spelled two ways agrees).
+PATH_FLAGS = frozenset({"data_folder", "path_t", "path_s"})
+# How a flag left at None reads in a message (default: "(not set)").
+_UNSET = {"train_subset": "all images", "test_subset": "all images"}
+
+
+def saved_options(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recorded flags: a dict in this project's files, an ``argparse.Namespace`` in
+    the reference's, absent from bare weights."""
+    saved = state.get("opt")
+    if saved is None:
+        return {}
+    return dict(saved) if isinstance(saved, Mapping) else dict(getattr(saved, "__dict__", {}))
+
+
+def recorded_options(opt: Any) -> dict[str, Any]:
+    """The flags a checkpoint records (``'opt'``): the parsed options, paths made absolute so that a
+    resume from another working directory is compared with the folder actually used."""
+    options = dict(vars(opt))
+    for key in PATH_FLAGS & options.keys():
+        if options[key] is not None:
+            options[key] = str(Path(options[key]).expanduser().resolve())
+    return options
+
+
+def _same_value(key: str, old: Any, new: Any) -> bool:
+    if key in PATH_FLAGS and old is not None and new is not None:
+        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return list(old) == list(new)
+    return old == new
+
+
+def _shown(key: str, value: Any) -> str:
+    if value is None:
+        return _UNSET.get(key, "(not set)")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def check_same_run(state: dict[str, Any], opt: Any, path: str | Path) -> None:
+    """Refuse to resume a checkpoint under flags that change what the run's numbers mean (data,
+    subsets, model, method, schedule, loss weights ...): every recorded flag must match except those
+    of :data:`RESUME_FREE_FLAGS`, and ``--epochs`` may only grow. All differences are named in one
+    message. Flags the checkpoint does not record (older files) are not compared."""
+    saved = saved_options(state)
+    current = vars(opt)
+    differences = [
+        f"--{key} {_shown(key, saved[key])}, not {_shown(key, value)}"
+        for key, value in current.items()
+        if key not in RESUME_FREE_FLAGS and key in saved and not _same_value(key, saved[key], value)
+    ]
+    if "epochs" in saved and current.get("epochs") is not None and current["epochs"] < saved["epochs"]:
+        differences.append(f"--epochs {saved['epochs']}, not {current['epochs']} (--epochs may only grow)")
+    if current.get("seed") is not None and "seed" in state and current["seed"] != state["seed"]:
+        differences.append(f"--seed {state['seed']}, not {current['seed']} (a resumed run keeps its seed)")
+    if differences:
+        raise CheckpointError(
+            f"--resume {path} continues a run that was started with other flags: it was run with "
+            f"{'; '.join(differences)}. Resume it with the flags it was started with (only --epochs may grow), "
+            "or start a new run without --resume"
+        )
 
 
 def model_name_from_path(path: str | Path, known_names: Iterable[str]) -> str:

@@ -65,17 +65,20 @@ def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true in any process. A collective when distributed (every process must
+    call it, so it also keeps them in step); a plain ``flag`` otherwise."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return bool(all_reduce_sum(torch.tensor(float(flag), device=device)).item() > 0)
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Give every process rank ``src``'s buffers (batch-norm statistics): each rank updates its own
     copy while training, and evaluation must use the statistics that rank 0 saves."""
     if dist.is_available() and dist.is_initialized():
         for buffer in module.buffers():
             dist.broadcast(buffer, src)
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def cleanup() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,8 +18,16 @@ from torch.nn.parallel import DistributedDataParallel
 from kdzoo.dataset import DataSpec, build_datasets, build_loaders
 from kdzoo.dataset.transforms import Normalize
 
-from .checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
-from .distributed import DistEnv, barrier, broadcast_buffers, cleanup
+from .checkpoint import (
+    CheckpointError,
+    check_resumable,
+    check_same_run,
+    load_checkpoint,
+    recorded_options,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from .distributed import DistEnv, any_rank, broadcast_buffers, cleanup
 from .logger import RunLogger
 from .loops import NonFiniteLossError, RunClock, StepOutput, evaluate, train_epoch
 from .precision import Precision
@@ -27,7 +36,8 @@ from .util import seed_everything
 
 
 class TrainingStopped(RuntimeError):
-    """Training cannot go on (non-finite loss); the message says which checkpoint is the last good one."""
+    """Training cannot go on (non-finite loss, a full disk or an unwritable run folder); the message
+    says which checkpoint is the last good one."""
 
 
 class ClassificationTask(nn.Module):
@@ -84,6 +94,36 @@ def prepare_run_dir(save_folder: str | Path, run_name: str, resume: str | None) 
     return run_dir
 
 
+def load_resume_state(opt: Any) -> dict[str, Any] | None:
+    """The checkpoint ``--resume`` names (None without the flag), refused unless it can resume a run
+    and was written under the same flags (``checkpoint.check_same_run``)."""
+    if not opt.resume:
+        return None
+    state = load_checkpoint(opt.resume)
+    check_resumable(state, opt.resume)
+    check_same_run(state, opt, opt.resume)
+    return state
+
+
+def open_run_dir(run_dir: Path, env: DistEnv, resumed: bool) -> None:
+    """Make sure the main process can write into ``run_dir`` before any training (an unwritable
+    folder is refused up front, naming it), and clear the temporary files a killed run left there."""
+    if not env.is_main:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write to the run folder {run_dir} ({err.strerror or err}): make it writable, or choose "
+            "another --save_folder (a resumed run writes next to its checkpoint)"
+        ) from err
+    if resumed:
+        for stale in remove_stale_temporaries(run_dir):
+            print(f"removed {stale.name}, a partial file left by an interrupted write")
+
+
 @dataclass
 class RunSetup:
     """Everything an entry point prepares before building its task."""
@@ -100,10 +140,7 @@ class RunSetup:
 def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **view_args: Any) -> RunSetup:
     """Seed, run folder, resume state and loaders from the shared flags (``helper/options.py``).
     A resumed run keeps its recorded seed, so its data order and augmentation replay exactly."""
-    resume_state = None
-    if opt.resume:
-        resume_state = load_checkpoint(opt.resume)
-        check_resumable(resume_state, opt.resume)
+    resume_state = load_resume_state(opt)
     seed = resume_state["seed"] if resume_state else (opt.seed if opt.seed is not None else new_seed())
     # Models are built after this, so their initial weights follow the seed too.
     seed_everything(seed)
@@ -114,6 +151,7 @@ def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **vi
         opt.dataset, opt.data_folder, view=view, train_limit=opt.train_subset, test_limit=opt.test_subset,
         image_size=getattr(opt, "image_size", None), uint8=True, **view_args
     )
+    open_run_dir(run_dir, env, resumed=resume_state is not None)
     train_loader, test_loader, spec = build_loaders(
         train_set, test_set, opt.batch_size, opt.num_workers, seed=seed, rank=env.rank,
         world_size=env.world_size, pin_memory=env.device.type == "cuda",
@@ -146,6 +184,8 @@ def fit(
     reference format (``{'model': state_dict, 'epoch', 'accuracy', ...}``) and atomically.
     A task with a ``set_epoch(epoch)`` method has it called before each training epoch (epochs
     count from 1; a resumed run continues the count), e.g. for DKD's warm-up.
+    A write that fails (full disk, unwritable folder) stops every process with
+    :class:`TrainingStopped`, naming the folder and the last complete checkpoint.
     """
     run_dir = Path(run_dir)
     device = env.device
@@ -161,6 +201,8 @@ def fit(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, schedule.lr_decay_epochs, schedule.lr_decay_rate)
 
     start_epoch, best_acc, last_acc = 1, 0.0, float("nan")
+    last_path = run_dir / f"{model_name}_last.pth"
+    saved_epoch: int | None = None  # the epoch last_path holds
     if resume_state is not None:
         task.load_state_dict(resume_state["task"])
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -168,6 +210,7 @@ def fit(
         if scaler is not None and "scaler" in resume_state:
             scaler.load_state_dict(resume_state["scaler"])
         start_epoch, best_acc = resume_state["epoch"] + 1, resume_state["best_acc"]
+        saved_epoch = resume_state["epoch"]
         last_acc = resume_state.get("accuracy", float("nan"))
         log(f"resuming after epoch {resume_state['epoch']} (best {best_acc:.2f}, seed {seed})")
 
@@ -179,7 +222,22 @@ def fit(
         step_fn = DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None,
                                           broadcast_buffers=False)
 
-    logger = RunLogger(run_dir, enabled=env.is_main, resume_epoch=start_epoch - 1)
+    def last_good() -> str:
+        if saved_epoch is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {last_path} (epoch {saved_epoch})"
+
+    def write_failure(when: str, err: OSError | None) -> TrainingStopped:
+        reason = f"{err.strerror or err}" if err is not None else "the main process could not write"
+        return TrainingStopped(
+            f"cannot write to the run folder {run_dir} ({reason}) {when}; training stopped, {last_good()}; "
+            f"free space or make the folder writable, then continue with --resume {last_path}"
+        )
+
+    try:
+        logger = RunLogger(run_dir, enabled=env.is_main, resume_epoch=start_epoch - 1)
+    except OSError as err:
+        raise write_failure("while opening its logs", err) from err
     eval_model = task.eval_model
     set_task_epoch = getattr(task, "set_epoch", None)
     clock = RunClock(start_epoch, schedule.epochs)
@@ -204,9 +262,7 @@ def fit(
                 train = train_epoch(step_fn, train_loader, optimizer, normalize, device, epoch, print_freq, log,
                                     precision, scaler, clock)
             except NonFiniteLossError as err:
-                last_good = run_dir / f"{model_name}_last.pth"
-                kept = f"the last good checkpoint is {last_good}" if last_good.exists() else "no checkpoint was written yet"
-                raise TrainingStopped(f"{err}; training stopped, {kept}") from err
+                raise TrainingStopped(f"{err}; training stopped, {last_good()}") from err
             scheduler.step()
             if env.distributed:
                 broadcast_buffers(eval_model)
@@ -214,26 +270,34 @@ def fit(
             last_acc = test["acc"]
             improved = last_acc > best_acc
             best_acc = max(best_acc, last_acc)
+            write_error: OSError | None = None
             if env.is_main:
-                state = checkpoint(epoch, last_acc)
-                if improved:
-                    save_checkpoint(state, run_dir / f"{model_name}_best.pth")
-                if epoch % save_freq == 0 or epoch == schedule.epochs:
-                    save_checkpoint(state, run_dir / f"ckpt_epoch_{epoch}.pth")
-                # Written last: whenever it exists, the files it refers to are complete.
-                save_checkpoint(state, run_dir / f"{model_name}_last.pth")
                 row = {"epoch": epoch, "lr": lr}
                 row.update({f"train_{k}": v for k, v in train.items() if k not in ("seconds", "images_per_sec")})
                 row.update({"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
                             "images_per_sec": train["images_per_sec"], "seconds": train["seconds"]})
-                logger.log_epoch(row)
+                try:
+                    state = checkpoint(epoch, last_acc)
+                    if improved:
+                        save_checkpoint(state, run_dir / f"{model_name}_best.pth")
+                    if epoch % save_freq == 0 or epoch == schedule.epochs:
+                        save_checkpoint(state, run_dir / f"ckpt_epoch_{epoch}.pth")
+                    logger.log_epoch(row)
+                    # Written last: whenever it holds epoch E, every file and row of epoch E is complete;
+                    # a run stopped before it is resumed from epoch E-1, redoes E and drops E's row.
+                    save_checkpoint(state, last_path)
+                except OSError as err:
+                    write_error = err
+            # Collective (it also keeps the processes in step): all stop when the main one could not write.
+            if any_rank(write_error is not None, device):
+                raise write_failure(f"at the end of epoch {epoch}", write_error) from write_error
+            saved_epoch = epoch
             log(
                 f"epoch {epoch}/{schedule.epochs}  lr {lr:.4g}  train loss {train['loss']:.4f} acc {train['acc']:.2f}  "
                 f"test acc@1 {test['acc']:.2f} acc@5 {test['acc_top5']:.2f}  best {best_acc:.2f}  "
                 f"{train['images_per_sec']:.0f} img/s  {train['seconds']:.1f}s  {clock.progress(epoch, 1.0)}"
                 + describe_terms(train)
             )
-            barrier()
     finally:
         logger.close()
     result = {"best_acc": best_acc, "last_acc": last_acc, "epochs": schedule.epochs, "run_dir": str(run_dir)}
@@ -259,7 +323,7 @@ def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, no
     try:
         return fit(
             task, model_name, schedule, setup.env, setup.train_loader, setup.test_loader, normalize,
-            setup.run_dir, setup.seed, vars(opt), resume_state=setup.resume_state, save_freq=opt.save_freq,
+            setup.run_dir, setup.seed, recorded_options(opt), resume_state=setup.resume_state, save_freq=opt.save_freq,
             print_freq=opt.print_freq, precision=precision,
         )
     except TrainingStopped as err:
