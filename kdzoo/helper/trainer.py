@@ -101,7 +101,7 @@ def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **vi
     A resumed run keeps its recorded seed, so its data order and augmentation replay exactly."""
     resume_state = None
     if opt.resume:
-        resume_state = load_checkpoint(opt.resume)
+        resume_state = load_checkpoint(opt.resume, trust=opt.trust_checkpoint)
         check_resumable(resume_state, opt.resume)
     seed = resume_state["seed"] if resume_state else (opt.seed if opt.seed is not None else new_seed())
     # Models are built after this, so their initial weights follow the seed too.
