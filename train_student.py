@@ -11,7 +11,6 @@ to the recipe of ``--dataset`` (``helper/options.py``).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -96,8 +95,8 @@ def read_teacher_file(parser: argparse.ArgumentParser, opt: argparse.Namespace) 
         parser.error(f"--path_t: {err}")
 
 
-def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
-                    require_teacher_file: bool = True, teacher_state: dict[str, Any] | None = None) -> argparse.Namespace:
+def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace, require_teacher_file: bool = True,
+                    teacher_state: dict[str, Any] | None = None) -> argparse.Namespace:
     """Fill in the teacher name, paper weights and the dataset's recipe (``helper/options.py``);
     refuse impossible flags. The teacher is ``--model_t``, else the architecture its checkpoint
     (``teacher_state``, read here when not given) records, else its folder's name.

@@ -256,8 +256,9 @@ def resolve_model_name(path: str | Path, state: Mapping[str, Any], known_names: 
         records = f"records the unknown architecture {recorded!r}" if recorded else "records no architecture"
         raise CheckpointError(
             f"cannot tell the architecture of {path}: the checkpoint {records} and its folder name {folder!r} "
-            "names none (the reference layouts are <model>_<anything>/<file>.pth and S:<student>_T:<teacher>_.../, "
-            f"torchvision's <arch>-<hash>.pth); name it with {flag}"
+            "names none (the reference layouts are <model>_<anything>/<file>.pth, e.g. "
+            "resnet32x4_vanilla/ckpt_epoch_240.pth, and S:<student>_T:<teacher>_.../ for students; torchvision's "
+            f"is <arch>-<hash>.pth, e.g. resnet34-b627a593.pth); name it with {flag}"
         ) from None
 
 
@@ -316,7 +317,7 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, name: str = "mo
     classes = _classifier_mismatch(model, model_state, weights)
     if classes is not None:
         raise CheckpointError(
-            f"{path} holds a {name} whose classifier has {classes[0]} outputs, but the data has {classes[1]} "
+            f"{path}: the classifier of this {name} has {classes[0]} outputs, but the data has {classes[1]} "
             "classes: use weights trained on the same classes as the data"
         )
     problems = describe_mismatch(model_state, weights)
