@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,15 @@ sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("KD_SHARED", ROOT.parent / "shared"))
 REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as the module ``name`` (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config):
