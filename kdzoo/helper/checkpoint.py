@@ -267,8 +267,8 @@ def describe_mismatch(model_state: Mapping[str, torch.Tensor], file_state: Mappi
     """Why ``file_state`` does not load into a model with ``model_state``: counts of missing keys,
     unexpected keys and shape mismatches, each with its first ``shown`` examples (a ResNet of
     another depth differs in hundreds of keys)."""
-    def listing(items: list[str]) -> str:
-        return ", ".join(items[:shown]) + (f", ... ({len(items) - shown} more)" if len(items) > shown else "")
+    def listing(items: list) -> str:
+        return ", ".join(map(str, items[:shown])) + (f", ... ({len(items) - shown} more)" if len(items) > shown else "")
 
     missing = [k for k in model_state if k not in file_state]
     unexpected = [k for k in file_state if k not in model_state]
