@@ -11,8 +11,7 @@ to the recipe of ``--dataset`` (``helper/options.py``).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,7 +20,7 @@ from kdzoo.dataset import DataError
 from kdzoo.dataset.transforms import Normalize
 from kdzoo.crd import WCORD_DEFAULTS
 from kdzoo.distiller_zoo.registry import METHODS
-from kdzoo.helper.checkpoint import CheckpointError, load_model_weights, model_name_from_path
+from kdzoo.helper.checkpoint import CheckpointError, load_model_weights, load_weights_file, resolve_model_name
 from kdzoo.helper.distill import DistillTask, build_term, fold_teacher_batchnorm, run_init_stage
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.loops import evaluate
@@ -69,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nce_t", type=float, default=0.07, help="temperature (contrastive methods)")
     g.add_argument("--nce_m", type=float, default=0.5, help="memory momentum (contrastive methods)")
     g.add_argument("--model_t", default=None,
-                   help="teacher architecture (default: read from --path_t: its folder, <model>_vanilla/, or a "
-                        "torchvision file name, resnet34-<hash>.pth -> imagenet_resnet34)")
+                   help="teacher architecture (default: the one --path_t records, else its folder, "
+                        "<model>_vanilla/, or a torchvision file name, resnet34-<hash>.pth -> imagenet_resnet34)")
 
     g = parser.add_argument_group("contrastive methods (this project's additions)")
     g.add_argument("--crd_memory", default="bank", choices=["bank", "queue"],
@@ -111,21 +110,28 @@ def run_name(opt: argparse.Namespace) -> str:
             f"r:{opt.gamma}_a:{opt.alpha}_b:{opt.beta}{logit_stand}_{opt.trial}")
 
 
-def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
-                    require_teacher_file: bool = True) -> argparse.Namespace:
+def read_teacher_file(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> dict[str, Any]:
+    """The contents of ``--path_t``, read once and safely (``helper/checkpoint.py``)."""
+    try:
+        return load_weights_file(opt.path_t, trust=opt.trust_checkpoint)
+    except CheckpointError as err:
+        parser.error(f"--path_t: {err}")
+
+
+def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace, require_teacher_file: bool = True,
+                    teacher_state: dict[str, Any] | None = None) -> argparse.Namespace:
     """Fill in the teacher name, paper weights and the dataset's recipe (``helper/options.py``);
-    refuse impossible flags.
+    refuse impossible flags. The teacher is ``--model_t``, else the architecture its checkpoint
+    (``teacher_state``, read here when not given) records, else its folder's name.
     ``require_teacher_file=False`` serves tools that build the networks without loading weights."""
     if opt.model_s not in model_dict:
         parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
-    if require_teacher_file and not Path(opt.path_t).is_file():
-        parser.error(f"--path_t {opt.path_t}: the teacher weight file does not exist")
+    if require_teacher_file and teacher_state is None:
+        teacher_state = read_teacher_file(parser, opt)
     try:
-        opt.model_t = opt.model_t or model_name_from_path(opt.path_t, model_dict)
+        opt.model_t = resolve_model_name(opt.path_t, teacher_state or {}, model_dict, opt.model_t, "--model_t")
     except CheckpointError as err:
-        parser.error(f"{err} (with --model_t)")
-    if opt.model_t not in model_dict:
-        parser.error(f"unknown --model_t {opt.model_t!r}; choose one of: {', '.join(model_dict)}")
+        parser.error(str(err))
     # Flags left out take the paper's value for this teacher/student pair (weights, temperature, options).
     method = METHODS[opt.distill]
     for flag, value in method.paper_settings(opt.model_t, opt.model_s).items():
@@ -140,7 +146,9 @@ def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace,
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
-    opt = resolve_options(parser, parse_training_args(parser, argv))
+    opt = parse_training_args(parser, argv)
+    teacher_state = read_teacher_file(parser, opt)
+    opt = resolve_options(parser, opt, teacher_state=teacher_state)
     apply_threads(opt.threads)
     method = METHODS[opt.distill]
     try:
@@ -150,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         setup = prepare_run(opt, env, run_name(opt), view=method.data_view(opt), k=opt.nce_k, mode=opt.mode)
         n_cls = setup.spec.num_classes
         teacher = model_dict[opt.model_t](num_classes=n_cls)
-        load_model_weights(teacher, opt.path_t, name=opt.model_t)
+        load_model_weights(teacher, opt.path_t, name=opt.model_t, state=teacher_state, flag="--model_t")
+        del teacher_state  # the teacher holds its own copy of the weights
         student = model_dict[opt.model_s](num_classes=n_cls)
         sample = torch.zeros(2, *setup.train_loader.dataset[0][0].shape)
         # Built from the teacher as trained: OFD reads the batch norms that folding removes.

@@ -9,7 +9,6 @@ Runs are saved in ``<save_folder>/<student's run folder>/<checkpoint>_<dataset>[
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +23,7 @@ from kdzoo.helper.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model_weights,
-    model_name_from_path,
+    resolve_model_name,
     saved_options,
 )
 from kdzoo.helper.distributed import DistEnv, init_distributed
@@ -105,29 +104,6 @@ class LinearProbeTask(nn.Module):
         return StepOutput(loss, logits, {"cls": loss})
 
 
-def resolve_architecture(path: str | Path, model_s: str | None, state: dict[str, Any]) -> str:
-    """``--model_s``, else the name the checkpoint records (``'model_name'``, or ``model_s`` /
-    ``model`` in its ``'opt'``), else the run folder's name (``S:<student>_T:<teacher>_...`` for
-    students, ``<model>_vanilla`` for teachers)."""
-    if model_s:
-        return model_s
-    saved = saved_options(state)
-    name = state.get("model_name") or saved.get("model_s") or saved.get("model")
-    if name:
-        return str(name)
-    folder = Path(path).resolve().parent.name
-    student = re.match(r"S:(.+?)_T:", folder)
-    if student:
-        return student.group(1)
-    try:
-        return model_name_from_path(path, model_dict)
-    except CheckpointError:
-        raise CheckpointError(
-            f"cannot tell the architecture of {path}: the checkpoint records none ('model_name' or 'opt') and its "
-            f"folder name {folder!r} names none; pass --model_s"
-        ) from None
-
-
 def source_normalization(state: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation the student was trained with: ImageNet's for ImageNet runs, else CIFAR-100's."""
     if saved_options(state).get("dataset") == "imagenet":
@@ -143,7 +119,7 @@ def load_backbone(path: str | Path, arch: str, state: dict[str, Any]) -> nn.Modu
     weight = weights.get(key, weights.get("module." + key))
     if weight is not None and weight.shape[0] != network.state_dict()[key].shape[0]:
         network = model_dict[arch](num_classes=weight.shape[0])
-    load_model_weights(network, path, name=arch)
+    load_model_weights(network, path, name=arch, state=state, flag="--model_s")
     return network
 
 
@@ -214,12 +190,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     opt = parser.parse_args(argv)
     apply_threads(opt.threads)
     try:
-        state = load_checkpoint(opt.path_s)
-        opt.model_s = resolve_architecture(opt.path_s, opt.model_s, state)
+        state = load_checkpoint(opt.path_s, trust=opt.trust_checkpoint)
+        opt.model_s = resolve_model_name(opt.path_s, state, model_dict, opt.model_s, "--model_s")
     except CheckpointError as err:
         parser.error(str(err))
-    if opt.model_s not in model_dict:
-        parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
     if opt.learning_rate is None:
         opt.learning_rate = default_learning_rate(opt.model_s)
     normalization = source_normalization(state) if opt.norm == "source" else None

@@ -35,8 +35,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from collect_results import PlotError, method_label, new_figure, parse_run_name  # noqa: E402
 from kdzoo.dataset import CIFAR100Batched, DataError, Normalize  # noqa: E402
 from kdzoo.dataset.base import collate_batch  # noqa: E402
-from kdzoo.helper.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_name_from_path  # noqa: E402
+from kdzoo.helper.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_model_weights,
+    load_weights_file,
+    resolve_model_name,
+)
 from kdzoo.helper.distributed import resolve_device  # noqa: E402
+from kdzoo.helper.options import add_trust_checkpoint_arg  # noqa: E402
 from kdzoo.models import model_dict  # noqa: E402
 
 
@@ -67,29 +73,15 @@ def compute_logits(model: nn.Module, loader: Iterable, normalize: nn.Module,
     return torch.cat(logits), torch.cat(targets)
 
 
-def resolve_architecture(path: str | Path, explicit: str | None, flag: str) -> str:
-    """The architecture of checkpoint ``path``: ``explicit``, else the checkpoint's ``model_name``,
-    else its folder's name."""
-    if explicit:
-        if explicit not in model_dict:
-            raise CheckpointError(f"unknown {flag} {explicit!r}; choose one of: {', '.join(model_dict)}")
-        return explicit
-    name = load_checkpoint(path).get("model_name")
-    if name in model_dict:
-        return name
-    folder = Path(path).resolve().parent.name
-    # train_student.py's (and the reference's) run folders are S:<student>_T:<teacher>_...
-    named = Path(folder[2:]) / Path(path).name if folder.startswith("S:") else path
-    try:
-        return model_name_from_path(named, model_dict)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err} with {flag}") from None
-
-
-def load_network(path: str | Path, arch: str, num_classes: int, device: torch.device) -> nn.Module:
+def load_network(path: str | Path, explicit: str | None, flag: str, num_classes: int, device: torch.device,
+                 trust: bool = False) -> tuple[str, nn.Module]:
+    """The architecture of checkpoint ``path`` (``explicit``, else the one it records, else its
+    folder's) and that network with the checkpoint's weights."""
+    state = load_weights_file(path, trust=trust)
+    arch = resolve_model_name(path, state, model_dict, explicit, flag)
     model = model_dict[arch](num_classes=num_classes)
-    load_model_weights(model, path, name=arch)
-    return model.to(device)
+    load_model_weights(model, path, name=arch, state=state, flag=flag)
+    return arch, model.to(device)
 
 
 def plot_differences(diffs: Sequence[torch.Tensor], titles: Sequence[str], suptitle: str | None = None):
@@ -136,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--output", default="corr.png", help="PNG to write; the data go to the same name .json")
+    add_trust_checkpoint_arg(parser)
     return parser
 
 
@@ -158,10 +151,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         device = resolve_device(opt.device)
         test = CIFAR100Batched(opt.data_folder, train=False, limit=opt.test_subset, uint8=True)
-        arch_t = resolve_architecture(opt.path_t, opt.model_t, "--model_t")
-        archs_s = [resolve_architecture(p, m, "--model_s") for p, m in zip(paths_s, models_s)]
-        teacher = load_network(opt.path_t, arch_t, test.num_classes, device)
-        students = [load_network(p, a, test.num_classes, device) for p, a in zip(paths_s, archs_s)]
+        arch_t, teacher = load_network(opt.path_t, opt.model_t, "--model_t", test.num_classes, device,
+                                       opt.trust_checkpoint)
+        archs_s, students = zip(*(load_network(p, m, "--model_s", test.num_classes, device, opt.trust_checkpoint)
+                                  for p, m in zip(paths_s, models_s)))
     except (DataError, CheckpointError, ValueError) as err:
         parser.error(str(err))
     loader = DataLoader(test, batch_size=opt.batch_size, collate_fn=collate_batch)

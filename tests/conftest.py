@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,15 @@ SHARED = Path(os.environ.get("KD_SHARED", ROOT.parent / "shared"))
 DATA = SHARED / "data"
 # The reference facts every clone is checked against (tests/fixtures/README.md says how they were made).
 FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as the module ``name`` (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config):

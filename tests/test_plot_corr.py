@@ -2,29 +2,19 @@
 random-init checkpoints and synthetic CIFAR, its JSON recomputed here from the raw test pickle."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import load_script
 from fakedata import read_fake_split, write_fake_cifar
 from kdzoo.models import model_dict
 
 
-def _load_plot_corr():
-    spec = importlib.util.spec_from_file_location("plot_corr", ROOT / "scripts" / "plot_corr.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["plot_corr"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pc = _load_plot_corr()
+pc = load_script("plot_corr")
 
 # CIFAR-100 normalisation, written out here
 MEAN = np.array([0.5071, 0.4867, 0.4408]).reshape(1, 3, 1, 1)

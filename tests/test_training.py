@@ -666,7 +666,10 @@ def test_load_model_weights_reports_another_architecture(other, tmp_path):
         load_model_weights(model_dict[arch](num_classes=classes), path, name="teacher")
     msg = str(err.value)
     assert str(path) in msg and "teacher" in msg
-    assert "Missing key" in msg or "size mismatch" in msg or "Unexpected key" in msg
+    # another depth: resnet14 has 3 more blocks of 12 keys each, summarised; another class count: the classifier
+    expected = ("36 missing key(s): layer1.1.conv1.weight" if arch == "resnet14" else
+                "classifier of this teacher has 100 outputs")
+    assert expected in msg and len(msg) < 400, msg
 
 
 def test_load_model_weights_of_a_non_checkpoint(tmp_path):

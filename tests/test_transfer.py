@@ -24,7 +24,7 @@ from PIL import Image
 import transfer_student
 from checks import assert_nested_equal
 from kdzoo.dataset import DataError
-from kdzoo.helper.checkpoint import CheckpointError
+from kdzoo.helper.checkpoint import CheckpointError, resolve_model_name
 from kdzoo.dataset.transfer import (
     channel_stats,
     folder_samples,
@@ -405,7 +405,9 @@ def test_bn_adapt_uses_and_updates_batch_statistics():
 
 
 def test_architecture_from_flag_checkpoint_or_folder(tmp_path):
-    resolve = transfer_student.resolve_architecture
+    def resolve(path, model_s, state):  # the architecture transfer_student.py probes
+        return resolve_model_name(path, state, model_dict, model_s, "--model_s")
+
     anywhere = tmp_path / "x" / "a.pth"
     assert resolve(anywhere, "vgg8", {"model_name": "resnet8"}) == "vgg8"  # the flag wins
     assert resolve(anywhere, None, {"model_name": "resnet8", "opt": {"model_s": "vgg8"}}) == "resnet8"

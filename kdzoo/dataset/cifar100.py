@@ -1,12 +1,16 @@
 """CIFAR-100 from the standard ``cifar-100-python`` folder, decoded once and kept in memory."""
 from __future__ import annotations
 
+import functools
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
+from ..helper.util import NUMPY_MULTIARRAY_NAMES, numpy_multiarray
 from .base import DataError, ViewDataset
 from .transforms import CIFAR100_MEAN, CIFAR100_STD, draw_crop_flip, random_crop_flip
 
@@ -73,13 +77,76 @@ def _remove_download(root: Path, new_names: list[str], made_dirs: list[Path]) ->
             break
 
 
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """What Python 3 pickles of bytes call (``_codecs.encode(text, 'latin1')``), for that codec only."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"encoding {encoding!r} (data files encode bytes as latin1)")
+    return text.encode("latin1")
+
+
+def _empty_bytes() -> bytes:
+    """What Python 3 pickles of ``b''`` call (``bytes()``); no argument, so no size to allocate."""
+    return b""
+
+
+@functools.cache
+def _data_pickle_globals() -> dict[tuple[str, str], Any]:
+    """Everything a CIFAR python file may ask the unpickler for: numpy's array and scalar
+    reconstruction (under numpy 2's and numpy 1's module names) and bytes. None of it runs code of
+    the file's choosing; containers, strings and numbers need no globals."""
+    multiarray = numpy_multiarray()
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1_encode,
+                                           ("__builtin__", "bytes"): _empty_bytes}
+    for module in NUMPY_MULTIARRAY_NAMES:
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what CIFAR's python files hold (dicts, lists, strings, bytes,
+    numbers, numpy arrays): a file that names any other global is refused before it is built, so a
+    tampered data folder cannot run code."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _data_pickle_globals().get((module, name))
+        if found is None:
+            raise DataError(
+                f"refused data file {self.path}: it asks to build {module}.{name}, which CIFAR data files never hold "
+                "(only dicts, lists, strings, numbers and numpy arrays); nothing in it was run. Replace it with the "
+                "file from the official CIFAR python archive"
+            )
+        return found
+
+
+def read_data_pickle(path: str | Path) -> Any:
+    """The contents of a CIFAR python file (``train``, ``test``, ``meta``, ``data_batch_<i>``,
+    ``batches.meta``), unpickled by :class:`_DataUnpickler`. A file that cannot be read, or asks for
+    anything beyond plain data and numpy arrays, is a :class:`DataError`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _DataUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(
+            f"cannot read {path} as a CIFAR python file ({type(err).__name__}: {err}); it is cut short, corrupted "
+            "or not from the official archive"
+        ) from err
+
+
 def read_cifar_pickle(path: str | Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One split file of a CIFAR python archive (CIFAR-100 ``train``/``test`` with ``fine_labels``,
     CIFAR-10 ``data_batch_<i>``/``test_batch`` with ``labels``): uint8 images (N, 3, 32, 32) and int64
     labels, checked for shape and range."""
+    entry = read_data_pickle(path)
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
         images = torch.as_tensor(entry["data"])
         labels = torch.as_tensor(entry[label_key], dtype=torch.long)
     except Exception as err:

@@ -8,7 +8,6 @@ At 32x32, STL-10 (5000 + 8000 images) takes 40 MB and Tiny-ImageNet (100k + 10k)
 """
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
 from .base import DataError
-from .cifar100 import InMemoryBatched, read_cifar100, read_cifar_pickle
+from .cifar100 import InMemoryBatched, read_cifar100, read_cifar_pickle, read_data_pickle
 
 TRANSFER_DATASETS = ("stl10", "tinyimagenet", "cifar10", "cifar100", "imagefolder")
 
@@ -171,9 +170,9 @@ def read_cifar10(
         )
     num_classes = CIFAR10_CLASSES
     if (folder / "batches.meta").is_file():
+        meta = read_data_pickle(folder / "batches.meta")
         try:
-            with open(folder / "batches.meta", "rb") as f:
-                num_classes = len(pickle.load(f, encoding="latin1")["label_names"])
+            num_classes = len(meta["label_names"])
         except Exception as err:
             raise DataError(
                 f"cannot read the class names of {folder / 'batches.meta'} ({type(err).__name__}: {err})"

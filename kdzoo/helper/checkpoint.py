@@ -2,14 +2,20 @@
 written atomically, read with errors that say what is wrong."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import pickle
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
+
+from .util import NUMPY_MULTIARRAY_NAMES, numpy_multiarray
 
 # Keys a checkpoint needs for --resume, beyond the reference's 'model' and 'epoch'.
 RESUME_KEYS = ("task", "optimizer", "scheduler", "best_acc", "seed")
@@ -20,6 +26,8 @@ _TORCHVISION_FILE = re.compile(r"([a-z0-9_]+)-[0-9a-f]{8,}\.pth")
 TORCHVISION_PREFIX = "imagenet_"
 
 TEMP_SUFFIX = ".tmp"
+# The one opt-in to full unpickling, for checkpoints the user trusts (see read_checkpoint_file).
+TRUST_FLAG = "--trust_checkpoint"
 
 
 class CheckpointError(RuntimeError):
@@ -85,32 +93,95 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def _read(path: Path, map_location: Any) -> Any:
-    """``torch.load`` of a file, safely where possible. Plain tensors and containers load with
-    ``weights_only``; files of the reference code that pickled an ``argparse.Namespace`` are retried
-    with full unpickling, which runs code from the file, so load only checkpoints you trust."""
+def _reference_safe_types() -> list[Any]:
+    """What reference-format checkpoints hold beyond tensors, containers and plain values: the
+    pickled ``argparse.Namespace`` of their options, and numpy scalars (an accuracy saved as
+    ``np.float64``, say) with their dtypes. Building any of these runs no code of the file's
+    choosing. Numpy arrays are left out (object arrays could hold anything), as is everything else."""
+    scalar = numpy_multiarray().scalar
+    numeric = np.typecodes["AllInteger"] + np.typecodes["AllFloat"] + "?"
+    # Before numpy 1.25 every dtype was of class np.dtype itself.
+    dtype_classes = {type(np.dtype(code)) for code in numeric} - {np.dtype}
+    return [
+        argparse.Namespace, np.dtype, *sorted(dtype_classes, key=lambda c: c.__name__),
+        *((scalar, f"{module}.scalar") for module in NUMPY_MULTIARRAY_NAMES),
+    ]
+
+
+def _allowing_reference_types() -> contextlib.AbstractContextManager:
+    """torch's allow-list widened for one load only, so the user's own ``torch.load`` calls keep
+    torch's defaults. torch < 2.5 has no scoped allow-list: reference files with a Namespace are then
+    refused like any other (``--trust_checkpoint`` reads them)."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    return scoped(_reference_safe_types()) if scoped is not None else contextlib.nullcontext()
+
+
+def _refused_global(err: Exception) -> str | None:
+    """The type torch's weights-only unpickler refused to build, from its message."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err)) or re.search(r"but got <class '([\w.]+)'>", str(err))
+    return found[1] if found else None
+
+
+def _first_sentence(err: Exception) -> str:
+    """torch's read errors go on for several sentences of generic advice; the first says what failed."""
+    return str(err).strip().split("\n")[0].split(". ")[0][:200]
+
+
+def _unpickler_detail(err: Exception) -> str:
+    """The weights-only unpickler's own reason, without torch's generic advice around it."""
+    text = str(err).split("WeightsUnpickler error:")[-1]
+    text = text.split("Check the documentation of torch.load")[0]
+    return " ".join(text.split())[:200]
+
+
+def read_checkpoint_file(path: str | Path, map_location: Any = "cpu", trust: bool = False) -> Any:
+    """Every checkpoint this project reads goes through here.
+
+    The file is read with torch's weights-only unpickler, which builds tensors, containers and
+    plain values and nothing else; the reference's harmless extras (:func:`_reference_safe_types`)
+    are allowed during this load only. A file that asks for any other type is refused with a
+    :class:`CheckpointError` naming the file and the type: nothing in it runs. Only ``trust``
+    (the user's explicit ``--trust_checkpoint``) loads such a file, with full unpickling and a
+    warning, since that runs whatever code the file holds. Never an automatic fallback."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+        with _allowing_reference_types():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = _refused_global(err)
+        what = (f"asks to build {refused}, none of the types checkpoints hold (tensors, containers, plain values, "
+                "the reference's argparse options)" if refused else
+                f"cannot be read by torch's safe (weights-only) loader ({_unpickler_detail(err)}): it is "
+                "corrupted, not a torch checkpoint, or written in a form only full unpickling reads")
+        if not trust:
+            raise CheckpointError(
+                f"refused checkpoint {path}: it {what}. Nothing in it was run. If you trust this file and "
+                f"its source, rerun with {TRUST_FLAG}, which unpickles it fully and so runs any code it holds"
+            ) from err
+        print(f"warning: {TRUST_FLAG}: loading {path} with full unpickling, which runs any code the file holds "
+              f"(it {what})", file=sys.stderr, flush=True)
         try:
             return torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as err:
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        except Exception as full_err:
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({type(full_err).__name__}: {_first_sentence(full_err)})") from full_err
     except Exception as err:
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {err}); the file is truncated or not a "
-            "torch checkpoint"
+            f"cannot read checkpoint {path} ({type(err).__name__}: {_first_sentence(err)}); the file is truncated, "
+            "corrupted or not a torch checkpoint"
         ) from err
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint of this project or the reference (a dict with a ``'model'`` entry)."""
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", trust: bool = False) -> dict[str, Any]:
+    """Read a checkpoint of this project or the reference (a dict with a ``'model'`` entry); see
+    :func:`read_checkpoint_file` for what is loaded and ``trust``."""
     path = Path(path)
-    state = _read(path, map_location)
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a checkpoint of this format: expected a dict with a 'model' entry")
+    state = read_checkpoint_file(path, map_location, trust)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), Mapping):
+        raise CheckpointError(f"{path} is not a checkpoint of this format: expected a dict with a 'model' entry "
+                              "holding a state dict")
     return state
 
 
@@ -119,14 +190,15 @@ def _is_bare_state_dict(state: Any) -> bool:
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
 
 
-def load_weights_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_weights_file(path: str | Path, map_location: Any = "cpu", trust: bool = False) -> dict[str, Any]:
     """Read model weights saved either as a checkpoint (``{'model': state_dict, ...}``, this
     project's and the reference's format) or as a bare state dict, the way torchvision publishes
     its weights (e.g. ``resnet34-b627a593.pth``). Returns a checkpoint dict either way (a bare
-    state dict comes back as ``{'model': state_dict}``)."""
+    state dict comes back as ``{'model': state_dict}``). See :func:`read_checkpoint_file` for
+    ``trust``."""
     path = Path(path)
-    state = _read(path, map_location)
-    if isinstance(state, dict) and "model" in state:
+    state = read_checkpoint_file(path, map_location, trust)
+    if isinstance(state, dict) and isinstance(state.get("model"), Mapping):
         return state
     if _is_bare_state_dict(state):
         return {"model": state}
@@ -246,22 +318,111 @@ def model_name_from_path(path: str | Path, known_names: Iterable[str]) -> str:
     return max(matches, key=len)
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path, name: str = "model") -> dict[str, Any]:
+def recorded_model_name(state: Mapping[str, Any]) -> str | None:
+    """The architecture a checkpoint records: ``'model_name'`` (this project's files), else its
+    options (:func:`saved_options`): ``model_s`` for a student's run, ``model`` for a teacher's."""
+    options = saved_options(state)
+    name = state.get("model_name") or options.get("model_s") or options.get("model")
+    return name if isinstance(name, str) else None
+
+
+def resolve_model_name(path: str | Path, state: Mapping[str, Any], known_names: Iterable[str],
+                       explicit: str | None = None, flag: str = "--model_t") -> str:
+    """The architecture of checkpoint ``path`` (contents ``state``): ``explicit`` (the user's
+    ``flag``), else what the checkpoint records (:func:`recorded_model_name`), else its folder: a
+    student run folder ``S:<student>_T:<teacher>_...`` names the student, any other folder is read
+    by :func:`model_name_from_path`. What the file says wins over where it happens to be stored."""
+    known = list(known_names)
+    if explicit:
+        if explicit not in known:
+            raise CheckpointError(f"unknown {flag} {explicit!r}; choose one of: {', '.join(known)}")
+        return explicit
+    recorded = recorded_model_name(state)
+    if recorded in known:
+        return recorded
+    folder = Path(path).resolve().parent.name
+    student_run = re.match(r"S:(.+?)_T:", folder)
+    if student_run and student_run[1] in known:
+        return student_run[1]
+    try:
+        return model_name_from_path(path, known)
+    except CheckpointError:
+        records = f"records the unknown architecture {recorded!r}" if recorded else "records no architecture"
+        raise CheckpointError(
+            f"cannot tell the architecture of {path}: the checkpoint {records} and its folder name {folder!r} "
+            "names none (the reference layouts are <model>_<anything>/<file>.pth, e.g. "
+            "resnet32x4_vanilla/ckpt_epoch_240.pth, and S:<student>_T:<teacher>_.../ for students; torchvision's "
+            f"is <arch>-<hash>.pth, e.g. resnet34-b627a593.pth); name it with {flag}"
+        ) from None
+
+
+def describe_mismatch(model_state: Mapping[str, torch.Tensor], file_state: Mapping[str, Any],
+                      shown: int = 3) -> list[str]:
+    """Why ``file_state`` does not load into a model with ``model_state``: counts of missing keys,
+    unexpected keys and shape mismatches, each with its first ``shown`` examples (a ResNet of
+    another depth differs in hundreds of keys)."""
+    def listing(items: list) -> str:
+        return ", ".join(map(str, items[:shown])) + (f", ... ({len(items) - shown} more)" if len(items) > shown else "")
+
+    missing = [k for k in model_state if k not in file_state]
+    unexpected = [k for k in file_state if k not in model_state]
+    wrong_shape = [
+        f"{k}: file {tuple(file_state[k].shape)} vs model {tuple(model_state[k].shape)}"
+        for k in model_state
+        if k in file_state and isinstance(file_state[k], torch.Tensor) and file_state[k].shape != model_state[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} shape mismatch(es): {listing(wrong_shape)}")
+    return problems
+
+
+def _classifier_mismatch(model: torch.nn.Module, model_state: Mapping[str, torch.Tensor],
+                         weights: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(file's classes, model's classes)`` when the only difference is the classifier's size."""
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is None or set(model_state) != set(weights):
+        return None
+    classifier = get_classifier()
+    prefix = next(name for name, module in model.named_modules() if module is classifier) + "."
+    differ = [k for k in model_state if getattr(weights[k], "shape", None) != model_state[k].shape]
+    if not differ or not all(k.startswith(prefix) for k in differ):
+        return None
+    key = differ[0]
+    return int(weights[key].shape[0]), int(model_state[key].shape[0])
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, name: str = "model", trust: bool = False,
+                       state: dict[str, Any] | None = None, flag: str | None = None) -> dict[str, Any]:
     """Load the weights of ``path`` (a checkpoint or a bare torchvision-style state dict, see
-    :func:`load_weights_file`) into ``model`` strictly; a mismatch is reported as a file of another
-    architecture. Returns the whole checkpoint."""
-    state = load_weights_file(path)
+    :func:`load_weights_file`; ``state``: its contents, already read) into ``model`` strictly. A
+    mismatch is a :class:`CheckpointError` that summarises the differing keys and, with ``flag``,
+    says which option names the file's architecture. Returns the whole checkpoint."""
+    state = load_weights_file(path, trust=trust) if state is None else state
     weights = state["model"]
     # Checkpoints saved from a DataParallel/DDP wrapper prefix every key with 'module.'.
-    if weights and all(key.startswith("module.") for key in weights):
+    if weights and all(isinstance(key, str) and key.startswith("module.") for key in weights):
         weights = {key[len("module."):]: value for key, value in weights.items()}
+    model_state = model.state_dict()
+    classes = _classifier_mismatch(model, model_state, weights)
+    if classes is not None:
+        raise CheckpointError(
+            f"{path}: the classifier of this {name} has {classes[0]} outputs, but the data has {classes[1]} "
+            "classes: use weights trained on the same classes as the data"
+        )
+    problems = describe_mismatch(model_state, weights)
+    if problems:
+        fix = f"; if the file holds another architecture, name it with {flag}" if flag else ""
+        raise CheckpointError(
+            f"{path} does not hold weights of the {name} architecture it was given ({type(model).__name__}): "
+            f"{'; '.join(problems)}{fix}"
+        )
     try:
         model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        # torch lists every key on one line: a wrong ResNet would print hundreds.
-        first = [line if len(line) <= 400 else line[:400] + " ..." for line in str(err).splitlines()[:3]]
-        raise CheckpointError(
-            f"{path} does not hold weights of the {name} architecture it was given "
-            f"({type(model).__name__}): {' '.join(first)}"
-        ) from err
+    except RuntimeError as err:  # same keys and shapes, yet refused (e.g. a non-tensor value)
+        raise CheckpointError(f"{path} does not load into {name}: {str(err)[:300]}") from err
     return state

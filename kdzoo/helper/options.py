@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .checkpoint import TRUST_FLAG
 from .util import parse_decay_epochs, positive_float, positive_int
 
 # The reference trains these with lr 0.01 instead of 0.05.
@@ -111,6 +112,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--seed", type=int, default=None, help="seed everything (default: a random seed, recorded)")
     g.add_argument("--resume", default=None, metavar="PATH",
                    help="continue the run that wrote this checkpoint (default: start a new run)")
+    add_trust_checkpoint_arg(g)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     g.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch threads per process (intra-op and inter-op pools); two runs sharing a machine "
@@ -127,6 +129,16 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--test_subset", type=positive_int, default=None, metavar="N",
                    help="use N test images (chosen as for --train_subset; default: all)")
     return parser
+
+
+def add_trust_checkpoint_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The opt-in to full unpickling, for every entry point that reads checkpoints
+    (``helper/checkpoint.py``, ``read_checkpoint_file``)."""
+    parser.add_argument(
+        TRUST_FLAG, action="store_true",
+        help="load checkpoints that the safe loader refuses (they ask to build types other than tensors, "
+             "containers, plain values and the reference's argparse options) with full unpickling, which runs "
+             "any code they hold: only for files from a source you trust")
 
 
 def parse_training_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:

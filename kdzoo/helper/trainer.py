@@ -99,7 +99,7 @@ def load_resume_state(opt: Any) -> dict[str, Any] | None:
     and was written under the same flags (``checkpoint.check_same_run``)."""
     if not opt.resume:
         return None
-    state = load_checkpoint(opt.resume)
+    state = load_checkpoint(opt.resume, trust=opt.trust_checkpoint)
     check_resumable(state, opt.resume)
     check_same_run(state, opt, opt.resume)
     return state

@@ -3,9 +3,24 @@ from __future__ import annotations
 
 import argparse
 import random
+from types import ModuleType
 
 import numpy as np
 import torch
+
+# numpy's array and scalar reconstruction lives in numpy._core.multiarray since numpy 2 and lived
+# in numpy.core.multiarray before: pickles name it either way, depending on who wrote them.
+NUMPY_MULTIARRAY_NAMES = ("numpy._core.multiarray", "numpy.core.multiarray")
+
+
+def numpy_multiarray() -> ModuleType:
+    """The installed numpy's ``multiarray`` module, which both names of
+    :data:`NUMPY_MULTIARRAY_NAMES` stand for."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
 
 
 class AverageMeter:

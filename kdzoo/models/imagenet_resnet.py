@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..helper.checkpoint import describe_mismatch, read_checkpoint_file
 from .base import DistillModel
 from .registry import register_model
 
@@ -107,30 +108,6 @@ def imagenet_resnet50(num_classes: int = 1000, **kwargs: Any) -> ImageNetResNet:
     return ImageNetResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, **kwargs)
 
 
-def _describe_mismatch(model_state: Mapping[str, torch.Tensor], file_state: Mapping[str, Any]) -> list[str]:
-    def listing(keys: list[str], limit: int = 10) -> str:
-        shown = ", ".join(keys[:limit])
-        return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-    missing = [k for k in model_state if k not in file_state]
-    unexpected = [k for k in file_state if k not in model_state]
-    wrong_shape = [
-        f"{k}: file {tuple(file_state[k].shape)} vs model {tuple(model_state[k].shape)}"
-        for k in model_state
-        if k in file_state
-        and isinstance(file_state[k], torch.Tensor)
-        and file_state[k].shape != model_state[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} shape mismatch(es): {listing(wrong_shape)}")
-    return problems
-
-
 def load_torchvision_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load a torchvision ``.pth`` state dict from ``path`` into ``model`` with ``strict=True``.
 
@@ -138,10 +115,10 @@ def load_torchvision_weights(model: nn.Module, path: str | os.PathLike[str]) -> 
     shape mismatches when the file does not fit the model (e.g. resnet18 weights into a ResNet-50,
     or a 1000-class ``fc`` into a 100-class model). Returns ``model``.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint_file(path)
     if not isinstance(state, Mapping):
         raise RuntimeError(f"{os.fspath(path)!s} does not hold a state dict (found {type(state).__name__})")
-    problems = _describe_mismatch(model.state_dict(), state)
+    problems = describe_mismatch(model.state_dict(), state)
     if problems:
         raise RuntimeError(
             f"weights in {os.fspath(path)!s} do not match {type(model).__name__}: " + "; ".join(problems)
