@@ -582,7 +582,7 @@ def kd_run(data_root, teacher, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("flags, expected", [
     (["-r", "0.5", "-a", "0.5"], ["--gamma 0.1, not 0.5", "--alpha 0.9, not 0.5"]),
-    (["--kd_T", "2"], ["--kd_T 4, not 2.0"]),
+    (["--kd_T", "2"], ["--kd_T 4.0, not 2.0"]),
     (["--nce_k", "32"], ["--nce_k 16, not 32"]),
     (["--no-fold_teacher_bn"], ["--fold_teacher_bn on, not off"]),
 ])

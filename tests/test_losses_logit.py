@@ -376,7 +376,7 @@ def test_the_loop_announces_each_epoch_to_the_term(fake_root, teachers, tmp_path
     with pytest.raises(SystemExit) as exc:
         train_student.main([*resumed, "--logit_stand"])
     assert exc.value.code == 2
-    assert "is a run of --logit_stand False" in capsys.readouterr().err
+    assert "it was run with --logit_stand off, not on" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -145,13 +145,14 @@ def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **vi
     # Models are built after this, so their initial weights follow the seed too.
     seed_everything(seed)
     run_dir = prepare_run_dir(opt.save_folder, run_name, opt.resume)
-    if env.is_main:
-        write_run_record(run_dir, vars(opt), seed, env.world_size, resumed=bool(opt.resume))
     train_set, test_set = build_datasets(
         opt.dataset, opt.data_folder, view=view, train_limit=opt.train_subset, test_limit=opt.test_subset,
         image_size=getattr(opt, "image_size", None), uint8=True, **view_args
     )
+    # The folder appears only once the data is known to be good.
     open_run_dir(run_dir, env, resumed=resume_state is not None)
+    if env.is_main:
+        write_run_record(run_dir, vars(opt), seed, env.world_size, resumed=bool(opt.resume))
     train_loader, test_loader, spec = build_loaders(
         train_set, test_set, opt.batch_size, opt.num_workers, seed=seed, rank=env.rank,
         world_size=env.world_size, pin_memory=env.device.type == "cuda",
