@@ -369,7 +369,7 @@ def test_reference_checkpoint_with_namespace_and_numpy_scalars_trains(world):
 
 
 def test_the_recorded_architecture_wins_over_a_misleading_folder(world):
-    """A resnet14 stored under resnet8_runs/ that records 'model_name': 'resnet14' (the issue's
+    """A resnet14 stored under resnet8_runs/ that records 'model_name': 'resnet14' (a user's
     resnet32, made smaller: the point is the name, not the depth)."""
     path = save(world.tmp / "resnet8_runs" / "ckpt_epoch_240.pth",
                 {"model": weights("resnet14"), "model_name": "resnet14", "epoch": 240})

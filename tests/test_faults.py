@@ -1,4 +1,4 @@
-"""Faults lose nothing (issue 12, part 2): a run killed mid-epoch resumes to the same weights bit for
+"""Faults lose nothing: a run killed mid-epoch resumes to the same weights bit for
 bit; a full disk or an unwritable folder stops a run with a one-line error naming the folder,
 keeps the previous checkpoint and leaves no partial file; ``--resume`` refuses any flag that
 changes what the run's numbers mean.
@@ -480,8 +480,8 @@ def finished_run(one_epoch_run, tmp_path) -> Path:
     return Path(shutil.copytree(one_epoch_run, tmp_path / "resnet8_vanilla"))
 
 
-def test_issue_example_other_subsets_are_refused_naming_each(data_root, tmp_path, capsys):
-    # The issue's case, scaled down: a run of 16 training / 4 test images resumed with
+def test_other_subsets_are_refused_naming_each(data_root, tmp_path, capsys):
+    # A user's case, scaled down: a run of 16 training / 4 test images resumed with
     # --train_subset 32 and no --test_subset.
     save = tmp_path / "save"
     in_process(train_teacher.main, teacher_argv(data_root, save, 1, "--train_subset", "16", "--test_subset", "4"))
