@@ -18,7 +18,7 @@ from kdzoo.dataset.transforms import Normalize
 from kdzoo.helper.checkpoint import CheckpointError, check_same_run
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
-from kdzoo.helper.precision import Precision
+from kdzoo.helper.autotune import run_precision
 from kdzoo.helper.trainer import ClassificationTask, prepare_run, run_training
 from kdzoo.models import model_dict
 
@@ -54,9 +54,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opt.sync_bn and env.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     normalize = Normalize(setup.spec.mean, setup.spec.std)
-    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
-    precision.prepare_network(model.to(env.device))
-    return run_training(ClassificationTask(model), opt.model, opt, setup, normalize, precision)
+    task = ClassificationTask(model.to(env.device))
+    log = print if env.is_main else (lambda *_: None)
+    precision = run_precision(opt, task, setup.train_loader, normalize, env.device, setup.resume_state, log)
+    precision.prepare_network(model)
+    return run_training(task, opt.model, opt, setup, normalize, precision)
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ from kdzoo.helper.checkpoint import (
 from kdzoo.helper.distributed import DistEnv, init_distributed
 from kdzoo.helper.loops import StepOutput
 from kdzoo.helper.options import add_training_args, check_device_options, default_learning_rate
-from kdzoo.helper.precision import Precision
+from kdzoo.helper.autotune import run_precision
 from kdzoo.helper.trainer import RunSetup, new_seed, prepare_run_dir, run_training
 from kdzoo.helper.util import parse_decay_epochs, positive_int, seed_everything
 from kdzoo.models import model_dict
@@ -254,8 +254,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"images at {opt.image_size}x{opt.image_size}); backbone frozen, batch norm "
               f"{'adapting' if opt.bn_adapt else 'frozen'}")
     normalize = Normalize(setup.spec.mean, setup.spec.std)
-    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
-    precision.prepare_network(network.to(env.device))
+    log = print if env.is_main else (lambda *_: None)
+    task.to(env.device)
+    precision = run_precision(opt, task, setup.train_loader, normalize, env.device, setup.resume_state, log)
+    precision.prepare_network(network)
     return run_training(task, opt.model_s, opt, setup, normalize, precision)
 
 
