@@ -80,12 +80,6 @@ def test_the_faster_layout_is_chosen(nchw_s, cl_s, expected):
     assert choice.seconds > 0  # the time spent choosing is reported
 
 
-def test_tiny_steps_keep_nchw_without_measuring():
-    make_step, timer = fake_timer({False: 0.001, True: 0.0001})
-    choice = measure_layouts(make_step, torch.device("cpu"), timer=timer)
-    assert (choice.channels_last, choice.how, choice.ms_per_step) == (False, "too small to matter", {})
-
-
 def test_measurement_leaves_the_random_state_alone():
     torch.manual_seed(7)
     expected = torch.rand(3)
@@ -95,8 +89,15 @@ def test_measurement_leaves_the_random_state_alone():
     def make_step(channels_last: bool):
         return lambda: (next(draws), torch.rand(5))
 
-    measure_layouts(make_step, torch.device("cpu"), min_step_ms=0.0)
+    measure_layouts(make_step, torch.device("cpu"))
     assert next(draws) > 0 and torch.equal(torch.rand(3), expected)
+
+
+def test_short_runs_keep_nchw_unmeasured(setup, tmp_path, capsys):
+    state = run(setup, tmp_path / "short")  # 2 steps
+    assert state["opt"]["channels_last"] is False
+    assert state["opt"]["autotune"]["channels_last"]["ms_per_step"] == {}
+    assert "memory layout nchw (run of under 100 steps: not measured)" in capsys.readouterr().out
 
 
 def test_forced_layouts_give_the_same_losses_and_are_recorded(setup, tmp_path, capsys):
@@ -116,7 +117,7 @@ def test_forced_layouts_give_the_same_losses_and_are_recorded(setup, tmp_path, c
 
 
 def test_auto_is_the_default_and_its_choice_is_recorded(setup, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("kdzoo.helper.autotune.MIN_STEP_MS", 0.0)  # measure even this tiny step
+    monkeypatch.setattr("kdzoo.helper.autotune.MIN_RUN_STEPS", 2)  # measure even this two-step run
     state = run(setup, tmp_path / "auto", distill="crd")
     record = state["opt"]["autotune"]["channels_last"]
     assert record["how"] == "measured" and set(record["ms_per_step"]) == {"nchw", "channels_last"}

@@ -30,9 +30,10 @@ LAYOUTS = {False: "nchw", True: "channels_last"}
 # channels_last must beat NCHW (the reference's layout) by this fraction to be chosen: below it the
 # difference is within the noise of a few steps and not worth a layout the published runs never used.
 MARGIN = 0.03
-# Steps shorter than this (tiny test configurations) are dominated by fixed per-step costs where
-# the layout cannot matter; NCHW is kept without measuring, which also keeps such runs repeatable.
-MIN_STEP_MS = 10.0
+# Measuring costs seven steps; a run shorter than this many steps (test configurations) keeps NCHW
+# unmeasured. The rule depends on the run's length only, never on timings, so such runs stay
+# repeatable bit for bit.
+MIN_RUN_STEPS = 100
 
 
 def parse_layout(value: str) -> str | bool:
@@ -63,7 +64,7 @@ class LayoutChoice:
     measured, empty when nothing was measured)."""
 
     channels_last: bool
-    how: str  # "forced", "measured", "resumed", "too small to matter"
+    how: str  # "forced", "measured", "resumed", or why nothing was measured
     ms_per_step: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -122,28 +123,23 @@ def training_step(task: nn.Module, batch: tuple[torch.Tensor, ...], normalize: n
 
 
 def measure_layouts(make_step: Callable[[bool], Callable[[], None]], device: torch.device, warmup: int = 1,
-                    steps: int = 2, rounds: int = 1, margin: float = MARGIN, min_step_ms: float | None = None,
+                    steps: int = 2, rounds: int = 1, margin: float = MARGIN,
                     timer: Callable[[], float] = time.perf_counter) -> LayoutChoice:
     """Time ``make_step(channels_last)()`` for both layouts in interleaved rounds and choose. The
-    defaults cost seven steps of the run (a warm-up and two timed steps per layout, and one more
-    to tell whether the step is long enough to matter): one epoch of CIFAR-100 is 782 steps at
-    batch 64. Processes of a distributed run add up their timings, so all choose the same layout."""
-    min_step_ms = MIN_STEP_MS if min_step_ms is None else min_step_ms
+    defaults cost six steps of the run (a warm-up and two timed steps per layout): one epoch of
+    CIFAR-100 is 782 steps at batch 64. Processes of a distributed run add up their timings, so
+    all choose the same layout."""
     start = timer()
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    best = {layout: float("inf") for layout in LAYOUTS}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         steps_by_layout = {layout: make_step(layout) for layout in LAYOUTS}
         for step in steps_by_layout.values():
-            time_step(step, warmup, 0, sync, timer)  # first steps build the kernels of each layout
-        probe = time_step(steps_by_layout[False], 0, 1, sync, timer)
-        best = {False: probe, True: float("inf")}
-        measure = 1000 * float(all_reduce_sum(torch.tensor([probe], device=device))) >= min_step_ms
-        for _ in range(rounds if measure else 0):
+            time_step(step, warmup, 0, sync, timer)  # the first steps build each layout's kernels
+        for _ in range(rounds):
             for layout, step in steps_by_layout.items():
                 best[layout] = min(best[layout], time_step(step, 0, steps, sync, timer))
     seconds = timer() - start
-    if not measure:
-        return LayoutChoice(False, "too small to matter", seconds=seconds)
     totals = all_reduce_sum(torch.tensor([best[False], best[True]], device=device, dtype=torch.float64)).tolist()
     channels_last = totals[1] < (1 - margin) * totals[0]
     ms = {LAYOUTS[False]: 1000 * best[False], LAYOUTS[True]: 1000 * best[True]}
@@ -170,6 +166,8 @@ def choose_layout(opt: argparse.Namespace, task: nn.Module, train_loader: Any, n
     recorded = (resume_state or {}).get("opt", {}).get("channels_last")
     if value == AUTO and isinstance(recorded, bool):
         choice = LayoutChoice(recorded, "resumed")
+    elif value == AUTO and len(train_loader) * opt.epochs < MIN_RUN_STEPS:
+        choice = LayoutChoice(False, f"run of under {MIN_RUN_STEPS} steps: not measured")
     elif value == AUTO:
         with torch.random.fork_rng():  # drawing the batch (augmentation, negatives) leaves the run's RNG alone
             batch = tuple(t.to(device) for t in first_batch(train_loader))
