@@ -77,6 +77,10 @@ PATCHES = [
                                                  "_cifar.check_integrity = lambda *args, **kwargs: True")),
     Patch("data path: the comparison's data folder", "dataset/cifar100.py",
           _append_once("def get_data_folder", lambda d: f"def get_data_folder():\n    return {str(d)!r}")),
+    Patch("per-class index lists kept as lists: current numpy refuses a ragged array (a subset is not "
+          "class-balanced)", "dataset/cifar100.py",
+          _replace_all([(r"^(\s*)self\.cls_(positive|negative) = np\.asarray\(self\.cls_\2\)\s*$",
+                         r"\1self.cls_\2 = list(self.cls_\2)")])),
     Patch(".view on a non-contiguous tensor -> .reshape", "helper/util.py",
           _replace_all([(r"correct\[:k\]\.view\(-1\)", "correct[:k].reshape(-1)")])),
 ]
