@@ -20,13 +20,13 @@ from kdzoo.dataset import DataError
 from kdzoo.dataset.transforms import Normalize
 from kdzoo.crd import WCORD_DEFAULTS
 from kdzoo.distiller_zoo.registry import METHODS
+from kdzoo.helper.autotune import run_precision
 from kdzoo.helper.checkpoint import CheckpointError, load_model_weights, load_weights_file, resolve_model_name
 from kdzoo.helper.distill import DistillTask, build_term, fold_teacher_batchnorm, run_init_stage
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.loops import evaluate
 from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
 from kdzoo.helper.options import apply_threads, given_flags
-from kdzoo.helper.precision import Precision
 from kdzoo.helper.summary import distillation_rows, log_summary
 from kdzoo.helper.trainer import prepare_run, run_training
 from kdzoo.models import model_dict
@@ -172,19 +172,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opt.sync_bn and env.distributed:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     normalize = Normalize(setup.spec.mean, setup.spec.std).to(env.device)
-    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
-    precision.prepare_network(teacher.to(env.device))
-    precision.prepare_network(student.to(env.device))
+    teacher.to(env.device)
+    task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T,
+                       logit_stand=opt.logit_stand, warmup_epochs=opt.warmup_epochs).to(env.device)
+    precision = run_precision(opt, task, setup.train_loader, normalize, env.device, setup.resume_state, log)
+    precision.prepare_network(teacher)
+    precision.prepare_network(student)
+    precision.prepare_module(task)
     log_summary(f"train_student.py: {setup.run_dir.name}",
                 distillation_rows(opt, method, main_term=term is not None and method.main_stage_term,
                                   resumed=setup.resume_state is not None),
                 opt, setup, precision, given_flags(parser, argv))
     teacher_eval = evaluate(teacher, setup.test_loader, normalize, env.device, precision)
     log(f"teacher {opt.model_t} ({opt.path_t}): test acc@1 {teacher_eval['acc']:.2f} acc@5 {teacher_eval['acc_top5']:.2f}")
-
-    task = DistillTask(student, teacher, method, term, opt.gamma, opt.alpha, opt.beta, opt.kd_T,
-                       logit_stand=opt.logit_stand, warmup_epochs=opt.warmup_epochs).to(env.device)
-    precision.prepare_module(task)
     if method.init is not None:
         if setup.resume_state is None:
             run_init_stage(task, method, setup.train_loader, normalize, opt, env, setup.seed, log, precision)

@@ -18,8 +18,8 @@ from kdzoo.dataset.transforms import Normalize
 from kdzoo.helper.checkpoint import CheckpointError
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
+from kdzoo.helper.autotune import run_precision
 from kdzoo.helper.options import apply_threads, given_flags
-from kdzoo.helper.precision import Precision
 from kdzoo.helper.summary import log_summary
 from kdzoo.helper.trainer import ClassificationTask, prepare_run, run_training
 from kdzoo.models import model_dict
@@ -55,11 +55,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opt.sync_bn and env.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     normalize = Normalize(setup.spec.mean, setup.spec.std)
-    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
-    precision.prepare_network(model.to(env.device))
+    task = ClassificationTask(model.to(env.device))
+    log = print if env.is_main else (lambda *_: None)
+    precision = run_precision(opt, task, setup.train_loader, normalize, env.device, setup.resume_state, log)
+    precision.prepare_network(model)
     log_summary(f"train_teacher.py: {setup.run_dir.name}", [("model", opt.model, ("model",))], opt, setup,
                 precision, given_flags(parser, argv))
-    return run_training(ClassificationTask(model), opt.model, opt, setup, normalize, precision)
+    return run_training(task, opt.model, opt, setup, normalize, precision)
 
 if __name__ == "__main__":
     main()

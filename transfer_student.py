@@ -29,8 +29,8 @@ from kdzoo.helper.checkpoint import (
 from kdzoo.helper.distributed import DistEnv, init_distributed
 from kdzoo.helper.loops import StepOutput
 from kdzoo.helper.options import add_training_args, check_device_options, default_learning_rate
+from kdzoo.helper.autotune import run_precision
 from kdzoo.helper.options import apply_threads, given_flags
-from kdzoo.helper.precision import Precision
 from kdzoo.helper.summary import log_summary
 from kdzoo.helper.trainer import RunSetup, load_resume_state, new_seed, open_run_dir, prepare_run_dir, run_training
 from kdzoo.helper.util import parse_decay_epochs, positive_int, seed_everything
@@ -215,8 +215,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"images at {opt.image_size}x{opt.image_size}); backbone frozen, batch norm "
               f"{'adapting' if opt.bn_adapt else 'frozen'}")
     normalize = Normalize(setup.spec.mean, setup.spec.std)
-    precision = Precision(env.device, amp=opt.amp, channels_last=opt.channels_last, compile=opt.compile)
-    precision.prepare_network(network.to(env.device))
+    log = print if env.is_main else (lambda *_: None)
+    task.to(env.device)
+    precision = run_precision(opt, task, setup.train_loader, normalize, env.device, setup.resume_state, log)
+    precision.prepare_network(network)
     log_summary(f"transfer_student.py: {setup.run_dir.name}",
                 [("backbone", f"{opt.model_s} from {opt.path_s}", ("model_s",))], opt, setup, precision,
                 given_flags(parser, argv))

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from .checkpoint import TRUST_FLAG
+from .autotune import add_layout_args
 from .util import parse_decay_epochs, positive_float, positive_int
 
 # The reference trains these with lr 0.01 instead of 0.05.
@@ -119,7 +120,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         "should split its cores (default: torch's choice, one per physical core)")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: bfloat16 autocast (float16 + gradient scaling on GPUs without bf16)")
-    g.add_argument("--channels_last", action="store_true", help="NHWC memory layout for convolutions")
+    add_layout_args(g)
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (state-dict keys unchanged; the first steps compile)")
     g.add_argument("--sync_bn", action="store_true", help="synchronise batch norm across torchrun processes (CUDA)")

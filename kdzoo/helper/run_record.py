@@ -23,6 +23,8 @@ FORMAT = 1
 _BOOKKEEPING = frozenset({
     "data_folder", "save_folder", "resume", "print_freq", "tb_freq", "save_freq", "num_workers", "device",
     "seed", "trial", "path_t", "download",
+    # fp32 arithmetic up to summation order: runs that differ only here are the same setting
+    "channels_last", "compile", "threads", "trust_checkpoint",
 })
 
 

@@ -23,7 +23,9 @@ class PreActBlock(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement pre_activation")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.pre_activation(x))
+        # In place: nothing else holds the pre-activation of a block that is not a stage's last,
+        # and a fresh output per block costs a resnet8 step measurable time on one thread.
+        return F.relu(self.pre_activation(x), inplace=True)
 
 
 def run_stage(stage: Sequence[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,10 +56,10 @@ class BasicBlock(PreActBlock):
         return self.bn2
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return out + identity
+        out += x if self.downsample is None else self.downsample(x)  # in place, as the reference
+        return out
 
 
 class Bottleneck(PreActBlock):
@@ -84,11 +84,11 @@ class Bottleneck(PreActBlock):
         return self.bn3
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return out + identity
+        out += x if self.downsample is None else self.downsample(x)  # in place, as the reference
+        return out
 
 
 class ResNet(DistillModel):
@@ -151,7 +151,7 @@ class ResNet(DistillModel):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: torch.Tensor, preact: bool = False) -> list[torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         feats = [x]
         for stage in (self.layer1, self.layer2, self.layer3):
             x, pre = run_stage(stage, x)

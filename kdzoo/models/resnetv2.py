@@ -57,9 +57,10 @@ class BasicBlock(PreActBlock):
         return self.bn2
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return out + self.shortcut(x)
+        out += self.shortcut(x)  # in place, as the reference
+        return out
 
 
 class Bottleneck(PreActBlock):
@@ -82,10 +83,11 @@ class Bottleneck(PreActBlock):
         return self.bn3
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
-        return out + self.shortcut(x)
+        out += self.shortcut(x)  # in place, as the reference
+        return out
 
 
 class ResNet(DistillModel):
@@ -140,7 +142,7 @@ class ResNet(DistillModel):
         return (self.layer1, self.layer2, self.layer3, self.layer4)
 
     def forward_features(self, x: torch.Tensor, preact: bool = False) -> list[torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         feats = [x]
         for stage in self._stages:
             x, pre = run_stage(stage, x)
