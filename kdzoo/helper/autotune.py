@@ -55,7 +55,7 @@ def add_layout_args(group: argparse._ArgumentGroup) -> None:
                        help="memory layout: auto (default) times a few steps of both layouts at start and keeps "
                             "the faster (same fp32 numbers); --channels_last forces NHWC, --no-channels_last NCHW")
     group.add_argument("--no-channels_last", dest="channels_last", action="store_const", const=False,
-                       help="force the contiguous NCHW layout (the reference's)")
+                       help="force the contiguous NCHW layout, the reference's (default: not forced, --channels_last auto)")
 
 
 @dataclass
