@@ -9,7 +9,8 @@
 # wrn_40_2 and vgg13, trained with the CRD reference code, in its checkpoint format
 # ({'model': state_dict, ...}). Each is unpacked to $TEACHER_DIR/<arch>_vanilla/ckpt_epoch_240.pth,
 # where scripts/run_cifar_distill.sh looks, loaded strictly into its architecture (read with
-# torch.load(weights_only=True): nothing in the file runs), and reported with its parameter count
+# the library's safe reader, torch.load(weights_only=True) with only the reference's pickled options
+# allowed: nothing in the file runs), and reported with its parameter count
 # and SHA-256.
 #
 # Run from the repository root. Environment:
@@ -148,23 +149,18 @@ def main() -> None:
                         out.write(block)
                 staged[arch] = target
             # torch and the library are imported only once the tar passed its checks (they take seconds).
-            import torch
-
             from kdzoo.helper.checkpoint import CheckpointError, load_model_weights
             from kdzoo.models import model_dict
 
             # Every teacher is checked before any is installed: a bad tar leaves nothing half done.
             report = []
             for arch, path in staged.items():
-                try:
-                    torch.load(path, map_location="cpu", weights_only=True)  # refuses anything but tensors and plain data
-                except Exception as err:  # noqa: BLE001 - any failure means the file is not a plain checkpoint
-                    fail(f"{members[arch].name}: not a plain-tensor checkpoint ({type(err).__name__}: {err})")
                 model = model_dict[arch](num_classes=100)
                 try:
+                    # the library's safe reader: weights-only, plus the reference's argparse options
                     load_model_weights(model, path, name=arch)
                 except CheckpointError as err:
-                    fail(str(err))
+                    fail(f"{members[arch].name}: {err}")
                 final = dest / f"{arch}_vanilla" / CHECKPOINT
                 digest = sha256(path)
                 if final.exists() and sha256(final) != digest and not force:

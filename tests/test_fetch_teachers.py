@@ -23,12 +23,22 @@ SMALL = ["resnet56", "wrn_40_2"]  # quick to build and load; the default run ins
 LINE = re.compile(r"^(?P<arch>\S+)\s+params\s+(?P<params>[\d,]+)\s+sha256 (?P<sha>[0-9a-f]{64})\s+(?P<path>\S+)$")
 
 
-def checkpoint_bytes(arch: str, seed: int, weights_of: str | None = None) -> bytes:
+def checkpoint_bytes(arch: str, seed: int, weights_of: str | None = None, **extra: object) -> bytes:
     torch.manual_seed(seed)
     model = model_dict[weights_of or arch](num_classes=100)
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "epoch": 240, "accuracy": 0.0}, buffer)
+    torch.save({"model": model.state_dict(), "epoch": 240, "accuracy": 0.0, **extra}, buffer)
     return buffer.getvalue()
+
+
+class _WritesMarker:
+    """Unpickling this writes a marker file: the stand-in for a checkpoint that runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
 
 
 def add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -38,9 +48,11 @@ def add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def make_tar(path: Path, archs: list[str], extra: list[tarfile.TarInfo] | None = None,
-             weights_of: dict[str, str] | None = None) -> dict[str, bytes]:
-    """The release's layout: cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth, with folder entries."""
-    payload = {arch: checkpoint_bytes(arch, i, (weights_of or {}).get(arch)) for i, arch in enumerate(archs)}
+             weights_of: dict[str, str] | None = None, files: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The release's layout: cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth, with folder entries
+    (``files`` replaces the checkpoint of an architecture by given bytes)."""
+    payload = {arch: (files or {}).get(arch) or checkpoint_bytes(arch, i, (weights_of or {}).get(arch))
+               for i, arch in enumerate(archs)}
     with tarfile.open(path, "w") as archive:
         folder = tarfile.TarInfo("cifar_teachers")
         folder.type = tarfile.DIRTYPE
@@ -86,6 +98,33 @@ def test_installs_from_a_folder_holding_the_tar(tmp_path):
     payload = make_tar(tmp_path / "downloads" / "cifar_teachers.tar", ["resnet56"])
     result = run_script(tmp_path, TEACHERS_FROM=str(tmp_path / "downloads"), TEACHERS="resnet56")
     check_installed(result, tmp_path, payload)
+
+
+def test_installs_a_reference_checkpoint_with_its_pickled_options(tmp_path):
+    """The reference's train_teacher.py pickles its argparse options and numpy scalars with the
+    weights: the safe reader allows exactly those."""
+    import argparse
+
+    import numpy as np
+
+    reference = checkpoint_bytes("resnet56", 0, opt=argparse.Namespace(model="resnet56", learning_rate=0.05),
+                                 best_acc=np.float64(72.34))
+    payload = make_tar(tmp_path / "cifar_teachers.tar", ["resnet56"], files={"resnet56": reference})
+    result = run_script(tmp_path, TEACHERS_FROM=str(tmp_path / "cifar_teachers.tar"), TEACHERS="resnet56")
+    assert result.returncode == 0, result.stderr
+    installed = tmp_path / "models" / "resnet56_vanilla" / "ckpt_epoch_240.pth"
+    assert installed.read_bytes() == payload["resnet56"]
+    assert hashlib.sha256(payload["resnet56"]).hexdigest() in result.stdout
+
+
+def test_refuses_a_teacher_that_would_run_code(tmp_path):
+    marker = tmp_path / "ran.txt"
+    hostile = checkpoint_bytes("resnet56", 0, opt=_WritesMarker(marker))
+    make_tar(tmp_path / "cifar_teachers.tar", ["resnet56"], files={"resnet56": hostile})
+    result = run_script(tmp_path, TEACHERS_FROM=str(tmp_path / "cifar_teachers.tar"), TEACHERS="resnet56")
+    assert result.returncode != 0 and "refused checkpoint" in result.stderr, result.stderr
+    assert not marker.exists(), "unpacking the teacher ran code from the file"
+    assert not (tmp_path / "models").exists()
 
 
 @pytest.mark.slow
