@@ -74,7 +74,7 @@ def compute_logits(model: nn.Module, loader: Iterable, normalize: nn.Module,
 
 
 def load_network(path: str | Path, explicit: str | None, flag: str, num_classes: int, device: torch.device,
-                 trust: bool = False) -> tuple[str, nn.Module]:
+                 trust: Sequence[str] = ()) -> tuple[str, nn.Module]:
     """The architecture of checkpoint ``path`` (``explicit``, else the one it records, else its
     folder's) and that network with the checkpoint's weights."""
     state = load_weights_file(path, trust=trust)

@@ -387,14 +387,17 @@ def test_the_reference_namespace_names_the_architecture(world):
 
 
 def test_trust_checkpoint_loads_a_refused_file_with_a_warning(world, capsys):
-    """A file refused by the safe loader (here: numpy arrays, harmless) loads only with the opt-in."""
+    """A file refused by the safe loader (here: numpy arrays, harmless) loads only when the user adds
+    the types the refusal lists to the allow-list; the load stays weights-only."""
     path = save(world.tmp / "arrays" / "resnet8_vanilla" / "ckpt.pth",
                 {"model": weights(), "history": np.array([1.0, 2.0])})
     _, err = run_entry("train_student", [*world.flags("train_student"), "--path_t", str(path)], capsys)
     assert "_reconstruct" in err and "--trust_checkpoint" in err
     capsys.readouterr()
-    result = _trained_student(world, "--path_t", str(path), "--trust_checkpoint")
-    assert re.search(r"warning: --trust_checkpoint: loading .*ckpt\.pth with full unpickling", capsys.readouterr().err)
+    names = re.search(r"rerun with --trust_checkpoint (\S+)", err)[1]  # every type the file needs, listed
+    result = _trained_student(world, "--path_t", str(path), "--trust_checkpoint", names)
+    assert re.search(r"warning: --trust_checkpoint: allowing .*_reconstruct.* while loading .*ckpt\.pth",
+                     capsys.readouterr().err)
     assert result["run_dir"]
 
 

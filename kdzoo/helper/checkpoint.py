@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import pickle
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ _TORCHVISION_FILE = re.compile(r"([a-z0-9_]+)-[0-9a-f]{8,}\.pth")
 TORCHVISION_PREFIX = "imagenet_"
 
 TEMP_SUFFIX = ".tmp"
-# The one opt-in to full unpickling, for checkpoints the user trusts (see read_checkpoint_file).
+# The opt-in that widens the allow-list by the types the user names (see read_checkpoint_file).
 TRUST_FLAG = "--trust_checkpoint"
 
 
@@ -108,12 +109,37 @@ def _reference_safe_types() -> list[Any]:
     ]
 
 
-def _allowing_reference_types() -> contextlib.AbstractContextManager:
-    """torch's allow-list widened for one load only, so the user's own ``torch.load`` calls keep
-    torch's defaults. torch < 2.5 has no scoped allow-list: reference files with a Namespace are then
-    refused like any other (``--trust_checkpoint`` reads them)."""
+def _allowing(extra: Sequence[Any] = ()) -> contextlib.AbstractContextManager:
+    """torch's allow-list widened for one load only (the reference's types and ``extra``), so the
+    user's own ``torch.load`` calls keep torch's defaults. torch < 2.5 has no scoped allow-list:
+    reference files with a Namespace are then refused like any other."""
     scoped = getattr(torch.serialization, "safe_globals", None)
-    return scoped(_reference_safe_types()) if scoped is not None else contextlib.nullcontext()
+    return scoped([*_reference_safe_types(), *extra]) if scoped is not None else contextlib.nullcontext()
+
+
+def _named_global(name: str) -> Any:
+    """The object a ``--trust_checkpoint`` name (``module.attribute``, as the refusal spells it) means."""
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise CheckpointError(f"{TRUST_FLAG} {name}: no such type or function ({err})") from None
+
+
+def _unsafe_globals(path: Path, first: str | None) -> list[str]:
+    """Every type the file asks for beyond the allow-list (torch lists them without building
+    anything); just the one the load stopped at where torch cannot list them."""
+    lister = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    names: list[str] = []
+    if lister is not None:
+        try:
+            with _allowing():
+                names = list(lister(str(path)))
+        except Exception:  # noqa: BLE001 - a listing failure leaves the one name we know
+            names = []
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in _reference_safe_types() if isinstance(t, type)}
+    names = [n for n in names if n not in allowed]
+    return names or ([first] if first else [])
 
 
 def _refused_global(err: Exception) -> str | None:
@@ -134,39 +160,37 @@ def _unpickler_detail(err: Exception) -> str:
     return " ".join(text.split())[:200]
 
 
-def read_checkpoint_file(path: str | Path, map_location: Any = "cpu", trust: bool = False) -> Any:
-    """Every checkpoint this project reads goes through here.
+def read_checkpoint_file(path: str | Path, map_location: Any = "cpu", trust: Sequence[str] = ()) -> Any:
+    """Every checkpoint this project reads goes through here, always with torch's weights-only
+    unpickler, which builds tensors, containers and plain values and nothing else; the reference's
+    harmless extras (:func:`_reference_safe_types`) are allowed during this load only.
 
-    The file is read with torch's weights-only unpickler, which builds tensors, containers and
-    plain values and nothing else; the reference's harmless extras (:func:`_reference_safe_types`)
-    are allowed during this load only. A file that asks for any other type is refused with a
-    :class:`CheckpointError` naming the file and the type: nothing in it runs. Only ``trust``
-    (the user's explicit ``--trust_checkpoint``) loads such a file, with full unpickling and a
-    warning, since that runs whatever code the file holds. Never an automatic fallback."""
+    A file that asks for any other type is refused with a :class:`CheckpointError` naming the file
+    and every type it wants: nothing in it runs. ``trust`` (the user's ``--trust_checkpoint
+    NAME,...``) adds exactly the named types or functions to the allow-list for this load, with a
+    warning; there is no path that unpickles a file without an allow-list."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    extra = [_named_global(name) for name in trust]
+    if trust:
+        print(f"warning: {TRUST_FLAG}: allowing {', '.join(trust)} while loading {path}; the file may call "
+              "each of them", file=sys.stderr, flush=True)
     try:
-        with _allowing_reference_types():
+        with _allowing(extra):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        refused = _refused_global(err)
-        what = (f"asks to build {refused}, none of the types checkpoints hold (tensors, containers, plain values, "
-                "the reference's argparse options)" if refused else
-                f"cannot be read by torch's safe (weights-only) loader ({_unpickler_detail(err)}): it is "
-                "corrupted, not a torch checkpoint, or written in a form only full unpickling reads")
-        if not trust:
+        wanted = [n for n in _unsafe_globals(path, _refused_global(err)) if n not in trust]
+        if wanted:
             raise CheckpointError(
-                f"refused checkpoint {path}: it {what}. Nothing in it was run. If you trust this file and "
-                f"its source, rerun with {TRUST_FLAG}, which unpickles it fully and so runs any code it holds"
+                f"refused checkpoint {path}: it asks to build {', '.join(wanted)}, beyond the types checkpoints "
+                "hold (tensors, containers, plain values, the reference's argparse options). Nothing in it was run. "
+                f"If you trust this file and its source, and these types, rerun with {TRUST_FLAG} {','.join(wanted)}"
             ) from err
-        print(f"warning: {TRUST_FLAG}: loading {path} with full unpickling, which runs any code the file holds "
-              f"(it {what})", file=sys.stderr, flush=True)
-        try:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as full_err:
-            raise CheckpointError(
-                f"cannot read checkpoint {path} ({type(full_err).__name__}: {_first_sentence(full_err)})") from full_err
+        raise CheckpointError(
+            f"cannot read checkpoint {path} with torch's safe (weights-only) loader ({_unpickler_detail(err)}): it is "
+            "corrupted or not a torch checkpoint"
+        ) from err
     except Exception as err:
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {_first_sentence(err)}); the file is truncated, "
@@ -174,7 +198,7 @@ def read_checkpoint_file(path: str | Path, map_location: Any = "cpu", trust: boo
         ) from err
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", trust: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", trust: Sequence[str] = ()) -> dict[str, Any]:
     """Read a checkpoint of this project or the reference (a dict with a ``'model'`` entry); see
     :func:`read_checkpoint_file` for what is loaded and ``trust``."""
     path = Path(path)
@@ -190,7 +214,7 @@ def _is_bare_state_dict(state: Any) -> bool:
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
 
 
-def load_weights_file(path: str | Path, map_location: Any = "cpu", trust: bool = False) -> dict[str, Any]:
+def load_weights_file(path: str | Path, map_location: Any = "cpu", trust: Sequence[str] = ()) -> dict[str, Any]:
     """Read model weights saved either as a checkpoint (``{'model': state_dict, ...}``, this
     project's and the reference's format) or as a bare state dict, the way torchvision publishes
     its weights (e.g. ``resnet34-b627a593.pth``). Returns a checkpoint dict either way (a bare
@@ -396,7 +420,7 @@ def _classifier_mismatch(model: torch.nn.Module, model_state: Mapping[str, torch
     return int(weights[key].shape[0]), int(model_state[key].shape[0])
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path, name: str = "model", trust: bool = False,
+def load_model_weights(model: torch.nn.Module, path: str | Path, name: str = "model", trust: Sequence[str] = (),
                        state: dict[str, Any] | None = None, flag: str | None = None) -> dict[str, Any]:
     """Load the weights of ``path`` (a checkpoint or a bare torchvision-style state dict, see
     :func:`load_weights_file`; ``state``: its contents, already read) into ``model`` strictly. A

@@ -133,13 +133,19 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def add_trust_checkpoint_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The opt-in to full unpickling, for every entry point that reads checkpoints
-    (``helper/checkpoint.py``, ``read_checkpoint_file``)."""
+    """The opt-in that widens the safe loader's allow-list, for every entry point that reads
+    checkpoints (``helper/checkpoint.py``, ``read_checkpoint_file``)."""
     parser.add_argument(
-        TRUST_FLAG, action="store_true",
-        help="load checkpoints that the safe loader refuses (they ask to build types other than tensors, "
-             "containers, plain values and the reference's argparse options) with full unpickling, which runs "
-             "any code they hold: only for files from a source you trust")
+        TRUST_FLAG, type=_names, default=(), metavar="MODULE.NAME[,...]",
+        help="also allow these types or functions when loading checkpoints (the refusal message lists the ones a "
+             "file needs); the file may call them, so name only what you trust (default: none)")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected MODULE.NAME[,MODULE.NAME...], as the refusal message lists them")
+    return names
 
 
 def parse_training_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
