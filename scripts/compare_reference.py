@@ -66,9 +66,8 @@ def _append_once(marker: str, code: Callable[[Path], str]) -> Callable[[str, Pat
 
 
 PATCHES = [
-    Patch("CUDA-only alias sampler: move it to the GPU only when there is one", "crd/memory.py",
-          _replace_all([(r"^(\s*)self\.multinomial\.cuda\(\)",
-                         r"\1if torch.cuda.is_available():\n\1    self.multinomial.cuda()")])),
+    Patch("CUDA-only alias sampler: kept on the CPU, where the comparison runs", "crd/memory.py",
+          _replace_all([(r"^(\s*)self\.multinomial\.cuda\(\)", r"\1pass  # the comparison runs on CPU")])),
     Patch("torchvision renamed train_data/train_labels/test_data/test_labels to data/targets",
           "dataset/cifar100.py",
           _replace_all([(r"\bself\.(train|test)_data\b", "self.data"), (r"\bself\.(train|test)_labels\b", "self.targets")])),
