@@ -14,7 +14,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from kdzoo.dataset import DataError
-from kdzoo.dataset.transforms import Normalize
+from kdzoo.dataset.views import VIEW_HELP, InputView, view_arg
 from kdzoo.helper.checkpoint import CheckpointError
 from kdzoo.helper.distributed import init_distributed
 from kdzoo.helper.options import add_training_args, check_device_options, parse_training_args, resolve_training_defaults
@@ -29,13 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a model on CIFAR-100 or ImageNet with cross-entropy.")
     parser.add_argument("--model", default="resnet110", help=f"architecture: {', '.join(model_dict)}")
     parser.add_argument("-t", "--trial", default="0", help="the experiment id (part of the run folder name)")
+    parser.add_argument("--input", type=view_arg, default="rgb", metavar="VIEW",
+                        help=f"what the model sees of each image (default: rgb; others add _in:<view> to the run "
+                             f"folder name and need the same view wherever the model is used). {VIEW_HELP}")
     add_training_args(parser)
     parser.set_defaults(save_folder="./save/models")
     return parser
 
 
-def run_name(model: str, trial: str) -> str:
-    return f"{model}_vanilla" if str(trial) == "0" else f"{model}_vanilla_trial_{trial}"
+def run_name(model: str, trial: str, view: str = "rgb") -> str:
+    """``<model>_vanilla[_in:<view>][_trial_<t>]``: the reference's folder for rgb models."""
+    name = f"{model}_vanilla" + (f"_in:{view}" if view != "rgb" else "")
+    return name if str(trial) == "0" else f"{name}_trial_{trial}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -48,18 +53,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         env = init_distributed(opt.device)
         check_device_options(opt, env.device.type, env.distributed)
-        setup = prepare_run(opt, env, run_name(opt.model, opt.trial))
+        setup = prepare_run(opt, env, run_name(opt.model, opt.trial, opt.input))
     except (DataError, CheckpointError, ValueError) as err:
         parser.error(str(err))
-    model: nn.Module = model_dict[opt.model](num_classes=setup.spec.num_classes)
+    normalize = InputView(opt.input, setup.spec.mean, setup.spec.std)
+    model: nn.Module = model_dict[opt.model](num_classes=setup.spec.num_classes, in_channels=normalize.channels)
     if opt.sync_bn and env.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    normalize = Normalize(setup.spec.mean, setup.spec.std)
     task = ClassificationTask(model.to(env.device))
     log = print if env.is_main else (lambda *_: None)
     precision = run_precision(opt, task, setup.train_loader, normalize, env.device, setup.resume_state, log)
     precision.prepare_network(model)
-    log_summary(f"train_teacher.py: {setup.run_dir.name}", [("model", opt.model, ("model",))], opt, setup,
+    log_summary(f"train_teacher.py: {setup.run_dir.name}",
+                [("model", opt.model, ("model",)), ("input view", opt.input, ("input",))], opt, setup,
                 precision, given_flags(parser, argv))
     return run_training(task, opt.model, opt, setup, normalize, precision)
 

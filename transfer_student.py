@@ -18,9 +18,11 @@ import torch.nn.functional as F
 
 from kdzoo.dataset import DataError, build_loaders
 from kdzoo.dataset.transfer import TRANSFER_DATASETS, transfer_splits
-from kdzoo.dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
+from kdzoo.dataset.transforms import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
+from kdzoo.dataset.views import VIEW_HELP, InputView, view_arg, view_channels
 from kdzoo.helper.checkpoint import (
     CheckpointError,
+    check_input_view,
     load_checkpoint,
     load_model_weights,
     resolve_model_name,
@@ -111,14 +113,17 @@ def source_normalization(state: dict[str, Any]) -> tuple[tuple[float, ...], tupl
     return CIFAR100_MEAN, CIFAR100_STD
 
 
-def load_backbone(path: str | Path, arch: str, state: dict[str, Any]) -> nn.Module:
-    """``arch`` built with the checkpoint's own classifier size, its weights loaded strictly."""
-    network = model_dict[arch]()
+def load_backbone(path: str | Path, arch: str, state: dict[str, Any], view: str = "rgb") -> nn.Module:
+    """``arch`` built for input ``view`` with the checkpoint's own classifier size, its weights
+    loaded strictly; a checkpoint trained on another view is refused."""
+    check_input_view(state, path, view, "--input")
+    channels = view_channels(view)
+    network = model_dict[arch](in_channels=channels)
     key = _linear_path(network) + ".weight"
     weights = state["model"]
     weight = weights.get(key, weights.get("module." + key))
     if weight is not None and weight.shape[0] != network.state_dict()[key].shape[0]:
-        network = model_dict[arch](num_classes=weight.shape[0])
+        network = model_dict[arch](num_classes=weight.shape[0], in_channels=channels)
     load_model_weights(network, path, name=arch, state=state, flag="--model_s")
     return network
 
@@ -175,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--norm", default="source", choices=["source", "target"],
                    help="normalise with the student's training statistics (CIFAR-100's, or ImageNet's for ImageNet "
                         "students) or with the target training images' own per-channel statistics")
+    g.add_argument("--input", type=view_arg, default="rgb", metavar="VIEW",
+                   help=f"what the student sees of each image: the view it was trained on (default: rgb; the "
+                        f"checkpoint records it). {VIEW_HELP}")
     g.add_argument("--download", action="store_true", help="download STL-10 or CIFAR-10 through torchvision if absent")
     g.add_argument("-t", "--trial", default="0", help="the experiment id (part of the run folder name)")
     # The linear-probe recipe (README, "Transfer: linear probes"): these replace the training defaults.
@@ -201,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         env = init_distributed(opt.device)
         check_device_options(opt, env.device.type, env.distributed)
         # Weights first: a wrong architecture fails before the data is decoded.
-        network = load_backbone(opt.path_s, opt.model_s, state)
+        network = load_backbone(opt.path_s, opt.model_s, state, opt.input)
         setup = prepare_transfer_run(opt, env, normalization)
     except (DataError, CheckpointError, ValueError) as err:
         parser.error(str(err))
@@ -214,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{opt.dataset} ({len(setup.train_loader.dataset)} train / {len(setup.test_loader.dataset)} test "
               f"images at {opt.image_size}x{opt.image_size}); backbone frozen, batch norm "
               f"{'adapting' if opt.bn_adapt else 'frozen'}")
-    normalize = Normalize(setup.spec.mean, setup.spec.std)
+    normalize = InputView(opt.input, setup.spec.mean, setup.spec.std)
     log = print if env.is_main else (lambda *_: None)
     task.to(env.device)
     precision = run_precision(opt, task, setup.train_loader, normalize, env.device, setup.resume_state, log)

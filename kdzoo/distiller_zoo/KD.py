@@ -3,6 +3,8 @@ and the logit standardisation that any logit-based loss can apply first (Sun et 
 "Logit Standardization in Knowledge Distillation")."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,6 +43,10 @@ class DistillKL(nn.Module):
 
     ``loss = T^2 / B * sum_i KL(softmax(z_t_i / T) || softmax(z_s_i / T))``
 
+    Given several teachers' logits (a list or tuple), the target is the ensemble's mean of their
+    softened probabilities, ``p_t = mean_k softmax(z_t^k / T)``, each teacher's logits standardised
+    on their own with ``logit_stand``; one tensor is the single teacher of the formula above.
+
     The ``T^2`` factor keeps the gradient magnitude independent of the temperature, so the
     weight of this term need not be retuned when ``T`` changes. With ``logit_stand=True`` both
     logits are z-scored per sample (:func:`standardize`) before the temperature (Sun et al. 2024).
@@ -51,9 +57,14 @@ class DistillKL(nn.Module):
         self.T = T
         self.logit_stand = logit_stand
 
-    def forward(self, y_s: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
-        y_s, y_t = maybe_standardize(y_s, self.logit_stand), maybe_standardize(y_t, self.logit_stand)
-        log_p_s = F.log_softmax(y_s / self.T, dim=1)
-        p_t = F.softmax(y_t / self.T, dim=1)
+    def soften(self, y_t: torch.Tensor) -> torch.Tensor:
+        return F.softmax(maybe_standardize(y_t, self.logit_stand) / self.T, dim=1)
+
+    def forward(self, y_s: torch.Tensor, y_t: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        log_p_s = F.log_softmax(maybe_standardize(y_s, self.logit_stand) / self.T, dim=1)
+        if isinstance(y_t, torch.Tensor):
+            p_t = self.soften(y_t)
+        else:
+            p_t = torch.stack([self.soften(y) for y in y_t]).mean(dim=0)
         # 'batchmean' is the sum over all entries divided by B: the true KL averaged over samples.
         return F.kl_div(log_p_s, p_t, reduction="batchmean") * (self.T ** 2)

@@ -147,6 +147,13 @@ class Method:
 
     def warmup_epochs(self, dataset: str) -> int:
         return self.warmup.get(dataset, 0)
+
+    @property
+    def has_main_term(self) -> bool:
+        """Whether the method adds a term to the distillation loss (KD alone has none; AB and FSP
+        use theirs in the init stage only)."""
+        return self.build is not _none and self.main_stage_term
+
     def paper_settings(self, teacher: str, student: str) -> dict[str, float]:
         """The value of every flag the paper fixes for this pair: ``gamma``, ``alpha``, ``beta``,
         ``kd_T`` and the method's options, with the pair's overrides applied."""

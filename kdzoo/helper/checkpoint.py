@@ -272,13 +272,20 @@ def recorded_options(opt: Any) -> dict[str, Any]:
     options = dict(vars(opt))
     for key in PATH_FLAGS & options.keys():
         if options[key] is not None:
-            options[key] = str(Path(options[key]).expanduser().resolve())
+            options[key] = _resolved(options[key])
     return options
+
+
+def _resolved(path: Any) -> Any:
+    """A path flag's value made absolute; several teachers give a list of paths."""
+    if isinstance(path, (list, tuple)):
+        return [_resolved(p) for p in path]
+    return str(Path(path).expanduser().resolve())
 
 
 def _same_value(key: str, old: Any, new: Any) -> bool:
     if key in PATH_FLAGS and old is not None and new is not None:
-        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+        return _resolved(old) == _resolved(new)
     if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
         return list(old) == list(new)
     return old == new
@@ -340,6 +347,23 @@ def model_name_from_path(path: str | Path, known_names: Iterable[str]) -> str:
             "<arch>-<hash>.pth (e.g. resnet34-b627a593.pth); pass the name explicitly"
         )
     return max(matches, key=len)
+
+
+def recorded_input_view(state: Mapping[str, Any]) -> str:
+    """The input view (``dataset/views.py``) the network of a checkpoint was trained on: ``'input'``
+    in this project's files; ``'rgb'`` for the reference's and torchvision's, which know no other."""
+    view = state.get("input", "rgb")
+    return view if isinstance(view, str) else "rgb"
+
+
+def check_input_view(state: Mapping[str, Any], path: str | Path, view: str, flag: str) -> None:
+    """Refuse to run the network of ``path`` on another input view than it was trained on."""
+    recorded = recorded_input_view(state)
+    if recorded != view:
+        raise CheckpointError(
+            f"{path} holds a network trained on the input view {recorded!r}, but {flag} gives it {view!r}: pass "
+            f"{flag} {recorded}, or use a network trained on {view!r}"
+        )
 
 
 def recorded_model_name(state: Mapping[str, Any]) -> str | None:

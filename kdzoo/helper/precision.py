@@ -64,8 +64,18 @@ class Precision:
             network.compile()
         return network
 
-    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+    def prepare_input(self, images: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The batch in the run's memory layout: one tensor, or a tuple of input views (one per
+        network; a view shared by several networks is converted once)."""
+        if not self.channels_last:
+            return images
+        if isinstance(images, torch.Tensor):
+            return images.contiguous(memory_format=torch.channels_last)
+        converted: dict[int, torch.Tensor] = {}
+        for x in images:
+            if id(x) not in converted:
+                converted[id(x)] = x.contiguous(memory_format=torch.channels_last)
+        return tuple(converted[id(x)] for x in images)
 
 
 # CPU flags (as /proc/cpuinfo names them) of instructions that compute in bfloat16: x86's

@@ -70,22 +70,43 @@ def training_rows(opt: Any, setup: Any, precision: Precision) -> list[Row]:
     ]
 
 
-def distillation_rows(opt: Any, method: Any, main_term: bool, resumed: bool) -> list[Row]:
-    """The networks, the method (a row of ``distiller_zoo/registry.py``), the loss with the names
-    the logs give its terms, and the init stage. ``main_term``: the method adds a term to the
-    distillation loss (KD alone has none; AB and FSP use theirs in the init stage only)."""
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def distillation_rows(opt: Any, method: Any, main_term: bool, resumed: bool,
+                      trains_classifier: bool = True) -> list[Row]:
+    """The networks and their input views, the method (a row of ``distiller_zoo/registry.py``), the
+    loss with the names the logs give its terms, and the init stage. ``main_term``: the method adds
+    a term to the distillation loss (KD alone has none; AB and FSP use theirs in the init stage
+    only); ``trains_classifier=False``: label-free distillation (``-r 0 -a 0``)."""
+    paths, names = _listed(opt.path_t), _listed(opt.model_t)
+    views_t = _listed(getattr(opt, "input_t", None) or "rgb")
+    views_t = views_t * len(paths) if len(views_t) == 1 else views_t
     loss = f"{opt.gamma:g} * cls + {opt.alpha:g} * div"
-    names = "cls: cross-entropy, div: KD term at the temperature below"
+    names_text = "cls: cross-entropy, div: KD term at the temperature below"
     if main_term:
+        per_teacher = f", summed over the {len(paths)} teachers" if len(paths) > 1 else ""
         loss += f" + {opt.beta:g} * kd"
-        names += f", kd: {method.name}'s term"
+        names_text += f", kd: {method.name}'s term{per_teacher}"
+    if len(paths) == 1:
+        teacher_rows: list[Row] = [("teacher", f"{names[0]} from {paths[0]}", ("model_t",))]
+    else:
+        teacher_rows = [(f"teacher {i + 1}/{len(paths)}", f"{name} from {path}", ("model_t",))
+                        for i, (name, path) in enumerate(zip(names, paths))]
+        teacher_rows.append(("KD target", "the mean of the teachers' softened probabilities", ()))
     rows: list[Row] = [
-        ("teacher", f"{opt.model_t} from {opt.path_t}", ("model_t",)),
+        *teacher_rows,
         ("student", opt.model_s, ("model_s",)),
+        ("input views", f"student {getattr(opt, 'input_s', 'rgb')}, teacher{'s' if len(paths) > 1 else ''} "
+                        f"{', '.join(views_t)}", ("input_s", "input_t")),
         ("method", f"{method.name}: {method.paper}", ("distill",)),
-        ("loss", f"{loss}  ({names}; default weights: the paper's)", ("gamma", "alpha", "beta")),
+        ("loss", f"{loss}  ({names_text}; default weights: the paper's)", ("gamma", "alpha", "beta")),
         ("KD temperature", f"{opt.kd_T:g}", ("kd_T",)),
     ]
+    if not trains_classifier:
+        rows.append(("classifier", "not trained (-r 0 -a 0: label-free distillation); its test accuracy is chance "
+                                   "level: judge the student with a linear probe, transfer_student.py", ("gamma", "alpha")))
     if method.init is not None:
         stage = ("done before the checkpoint (resumed run)" if resumed
                  else f"{opt.init_epochs} epochs of {method.name}'s term first, then the {opt.epochs} "

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from kdzoo.dataset import DataSpec, build_datasets, build_loaders
-from kdzoo.dataset.transforms import Normalize
 
 from .checkpoint import (
     CheckpointError,
@@ -167,7 +166,7 @@ def fit(
     env: DistEnv,
     train_loader: Any,
     test_loader: Any,
-    normalize: Normalize,
+    normalize: nn.Module,
     run_dir: str | Path,
     seed: int,
     options: dict[str, Any],
@@ -176,6 +175,7 @@ def fit(
     print_freq: int = 100,
     log: Callable[[str], None] | None = None,
     precision: Precision | None = None,
+    eval_input: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` (a module whose ``forward(images, targets, *extras)`` returns a
     :class:`StepOutput` and whose ``eval_model`` is evaluated) and return the final metrics.
@@ -185,6 +185,9 @@ def fit(
     reference format (``{'model': state_dict, 'epoch', 'accuracy', ...}``) and atomically.
     A task with a ``set_epoch(epoch)`` method has it called before each training epoch (epochs
     count from 1; a resumed run continues the count), e.g. for DKD's warm-up.
+    ``normalize`` turns the loader's uint8 batch into what the task's step reads (one tensor, or one
+    input view per network); ``eval_input`` (default ``normalize``) into what ``eval_model`` reads.
+    Checkpoints record the latter's input view as ``'input'`` (``'rgb'`` for plain normalisation).
     A write that fails (full disk, unwritable folder) stops every process with
     :class:`TrainingStopped`, naming the folder and the last complete checkpoint.
     """
@@ -195,6 +198,8 @@ def fit(
     precision = precision or Precision(device)
     precision.prepare_module(task.to(device))
     normalize.to(device)
+    eval_input = (eval_input if eval_input is not None else normalize).to(device)
+    input_view = getattr(eval_input, "view", "rgb")
     scaler = precision.grad_scaler()
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=schedule.learning_rate, momentum=schedule.momentum,
@@ -247,7 +252,7 @@ def fit(
         return {
             "model": eval_model.state_dict(), "epoch": epoch, "accuracy": accuracy, "best_acc": best_acc,
             "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "seed": seed, "model_name": model_name, "opt": options,
+            "seed": seed, "model_name": model_name, "input": input_view, "opt": options,
             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
         }
 
@@ -267,7 +272,7 @@ def fit(
             scheduler.step()
             if env.distributed:
                 broadcast_buffers(eval_model)
-            test = evaluate(eval_model, test_loader, normalize, device, precision)
+            test = evaluate(eval_model, test_loader, eval_input, device, precision)
             last_acc = test["acc"]
             improved = last_acc > best_acc
             best_acc = max(best_acc, last_acc)
@@ -315,8 +320,8 @@ def describe_terms(train: dict[str, float]) -> str:
     return ("  terms " + " ".join(f"{k} {v:.4f}" for k, v in terms.items())) if len(terms) > 1 else ""
 
 
-def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, normalize: Normalize,
-                 precision: Precision | None = None) -> dict[str, Any]:
+def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, normalize: nn.Module,
+                 precision: Precision | None = None, eval_input: nn.Module | None = None) -> dict[str, Any]:
     """The entry points' last step: ``fit`` with the shared flags; a stopped run exits with status 1
     (its message on stderr) and the process group is always torn down."""
     schedule = Schedule(opt.epochs, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate, opt.momentum,
@@ -325,7 +330,7 @@ def run_training(task: nn.Module, model_name: str, opt: Any, setup: RunSetup, no
         return fit(
             task, model_name, schedule, setup.env, setup.train_loader, setup.test_loader, normalize,
             setup.run_dir, setup.seed, recorded_options(opt), resume_state=setup.resume_state, save_freq=opt.save_freq,
-            print_freq=opt.print_freq, precision=precision,
+            print_freq=opt.print_freq, precision=precision, eval_input=eval_input,
         )
     except TrainingStopped as err:
         print(f"error: {err}", file=sys.stderr)
