@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import DistillModel, PreActBlock, run_stage
+from .base import DistillModel, PreActBlock, check_in_channels, run_stage
 from .registry import register_model
 
 __all__ = ["channel_shuffle", "ShuffleUnit", "ShuffleNet", "ShuffleV1"]
@@ -82,6 +82,7 @@ class ShuffleNet(DistillModel):
 
     ``feats = [stem, stage1, stage2, stage3, pooled]``; every stage ends with a ReLU, so
     ``preact=True`` gives the residual sum (or concatenation) that the stage's last ReLU receives.
+    ``in_channels`` is the number of input image channels (see :class:`~kdzoo.models.base.DistillModel`).
     """
 
     classifier_name = "linear"
@@ -92,10 +93,12 @@ class ShuffleNet(DistillModel):
         num_blocks: Sequence[int] = (4, 8, 4),
         groups: int = 3,
         num_classes: int = 100,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
+        self.in_channels = check_in_channels(in_channels)
         stem_planes = 24
-        self.conv1 = nn.Conv2d(3, stem_planes, kernel_size=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, stem_planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_planes)
         in_planes = stem_planes
         for index, (planes, blocks) in enumerate(zip(out_planes, num_blocks), start=1):

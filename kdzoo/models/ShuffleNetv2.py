@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ShuffleNetv1 import channel_shuffle
-from .base import DistillModel
+from .base import DistillModel, check_in_channels
 from .registry import register_model
 
 __all__ = ["DownUnit", "BasicUnit", "ShuffleNetV2", "ShuffleV2"]
@@ -113,17 +113,19 @@ class ShuffleNetV2(DistillModel):
 
     ``feats = [stem, stage1, stage2, stage3, pooled]``; ``feats[-2]`` is the third stage's output
     (before the final 1x1 conv, as in the reference) and ``feats[-1]`` pools the final conv's output.
+    ``in_channels`` is the number of input image channels (see :class:`~kdzoo.models.base.DistillModel`).
     """
 
     classifier_name = "linear"
 
-    def __init__(self, net_size: float = 1, num_classes: int = 100) -> None:
+    def __init__(self, net_size: float = 1, num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
+        self.in_channels = check_in_channels(in_channels)
         if net_size not in CONFIGS:
             raise ValueError(f"net_size must be one of {sorted(CONFIGS)}, got {net_size!r}")
         out_channels, num_blocks = CONFIGS[net_size]
         stem_channels = 24
-        self.conv1 = nn.Conv2d(3, stem_channels, kernel_size=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, stem_channels, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_channels)
         in_channels = stem_channels
         for index, (channels, blocks) in enumerate(zip(out_channels[:3], num_blocks), start=1):

@@ -13,7 +13,7 @@ last convolutional map and ``feats[-1]`` the pooled vector fed to ``fc``.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..helper.checkpoint import describe_mismatch, read_checkpoint_file
-from .base import DistillModel
+from .base import DistillModel, check_in_channels
 from .registry import register_model
 
 __all__ = [
@@ -59,9 +59,38 @@ class ImageNetResNet(DistillModel, ResNet):
     preact=False)`` gives ``(feats, logits)``.
 
     ``DistillModel`` comes first in the bases so that its ``forward`` replaces torchvision's.
+
+    ``in_channels`` other than 3 replaces torchvision's 7x7 stride-2 ``conv1`` by one reading that
+    many channels, initialised as torchvision initialises it (He normal, fan-out, ReLU gain). With
+    the default 3 nothing is replaced, so modules, state dict and random draws are torchvision's.
     """
 
     classifier_name = "fc"
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        *args: Any,
+        in_channels: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        # Keyword-only, so torchvision's positional arguments (num_classes, zero_init_residual, ...)
+        # keep their places. Checked before anything is built, so a bad value costs no random draws.
+        check_in_channels(in_channels)
+        super().__init__(block, list(layers), *args, **kwargs)
+        self.in_channels = in_channels
+        if in_channels != 3:
+            old = self.conv1
+            self.conv1 = nn.Conv2d(
+                in_channels,
+                old.out_channels,
+                kernel_size=old.kernel_size,
+                stride=old.stride,
+                padding=old.padding,
+                bias=False,
+            )
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
 
     @property
     def stages(self) -> list[nn.Sequential]:
@@ -114,10 +143,28 @@ def load_torchvision_weights(model: nn.Module, path: str | os.PathLike[str]) -> 
     Raises ``RuntimeError`` naming the file and listing the missing keys, unexpected keys and
     shape mismatches when the file does not fit the model (e.g. resnet18 weights into a ResNet-50,
     or a 1000-class ``fc`` into a 100-class model). Returns ``model``.
+
+    Raises ``ValueError`` when the file's first convolution reads a different number of input
+    channels than ``model`` (a torchvision file always reads 3: RGB weights cannot initialise a
+    model built with ``in_channels=1`` or ``2``).
     """
     state = read_checkpoint_file(path)
     if not isinstance(state, Mapping):
         raise RuntimeError(f"{os.fspath(path)!s} does not hold a state dict (found {type(state).__name__})")
+    file_conv1 = state.get("conv1.weight")
+    model_conv1 = getattr(model, "conv1", None)
+    if (
+        isinstance(file_conv1, torch.Tensor)
+        and file_conv1.dim() == 4
+        and isinstance(model_conv1, nn.Conv2d)
+        and file_conv1.shape[1] != model_conv1.in_channels
+    ):
+        raise ValueError(
+            f"weights in {os.fspath(path)!s} have a first convolution (conv1) reading "
+            f"{file_conv1.shape[1]} input channels, but the model was built with "
+            f"in_channels={model_conv1.in_channels}; build it with in_channels={file_conv1.shape[1]} "
+            "to load these weights"
+        )
     problems = describe_mismatch(model.state_dict(), state)
     if problems:
         raise RuntimeError(

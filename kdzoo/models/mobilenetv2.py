@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import DistillModel
+from .base import DistillModel, check_in_channels
 from .registry import register_model
 
 __all__ = ["MobileNetV2", "InvertedResidual"]
@@ -81,6 +81,7 @@ class MobileNetV2(DistillModel):
     16x16, 8x8, 4x4, 2x2 for a 32x32 input). Each stage output ends in a linear bottleneck with
     no ReLU, so ``preact=True`` returns the very same tensors. :meth:`get_bn_before_relu` returns
     the reference's choice, the last batch norm of each of those stages (not followed by a ReLU).
+    ``in_channels`` is the number of input image channels (see :class:`~kdzoo.models.base.DistillModel`).
     """
 
     classifier_name = "classifier"
@@ -88,9 +89,14 @@ class MobileNetV2(DistillModel):
     stage_ends = (1, 2, 4, 6)
 
     def __init__(
-        self, num_classes: int = 100, expand_ratio: int = 6, width_mult: float = 0.5
+        self,
+        num_classes: int = 100,
+        expand_ratio: int = 6,
+        width_mult: float = 0.5,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
+        self.in_channels = check_in_channels(in_channels)
         # (expansion, output channels at width 1, number of blocks, stride of the first block);
         # strides of the paper's ImageNet net except the second group, kept at 1 for 32x32 inputs.
         settings = [
@@ -103,7 +109,7 @@ class MobileNetV2(DistillModel):
             (expand_ratio, 320, 1, 1),
         ]
         channels = int(32 * width_mult)
-        self.conv1 = _conv_bn_relu(3, channels, 3, stride=2)
+        self.conv1 = _conv_bn_relu(in_channels, channels, 3, stride=2)
 
         self.blocks = nn.ModuleList()
         for t, c, n, s in settings:
@@ -140,6 +146,6 @@ class MobileNetV2(DistillModel):
         return [self.blocks[i][-1].conv[-1] for i in self.stage_ends]
 
 
-def mobile_half(num_classes: int = 100) -> MobileNetV2:
+def mobile_half(num_classes: int = 100, in_channels: int = 3) -> MobileNetV2:
     """The reference's name for ``MobileNetV2`` (Sandler et al., 2018) at width 0.5."""
-    return MobileNetV2(num_classes=num_classes, expand_ratio=6, width_mult=0.5)
+    return MobileNetV2(num_classes=num_classes, expand_ratio=6, width_mult=0.5, in_channels=in_channels)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import DistillModel, PreActBlock, run_stage
+from .base import DistillModel, PreActBlock, check_in_channels, run_stage
 from .registry import register_model
 
 __all__ = [
@@ -94,7 +94,8 @@ class Bottleneck(PreActBlock):
 class ResNet(DistillModel):
     """CIFAR ResNet: 3x3 stem, three stages (strides 1, 2, 2), global average pooling, ``fc``.
 
-    ``num_filters`` gives the stem width followed by the three stage widths.
+    ``num_filters`` gives the stem width followed by the three stage widths; ``in_channels`` is
+    the number of input image channels (see :class:`~kdzoo.models.base.DistillModel`).
     """
 
     classifier_name = "fc"
@@ -105,8 +106,10 @@ class ResNet(DistillModel):
         num_filters: Sequence[int],
         block_name: str = "BasicBlock",
         num_classes: int = 100,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
+        self.in_channels = check_in_channels(in_channels)
         kind = block_name.lower()
         if kind == "basicblock":
             if (depth - 2) % 6 != 0:
@@ -120,7 +123,7 @@ class ResNet(DistillModel):
             raise ValueError(f"block_name must be 'BasicBlock' or 'Bottleneck', got {block_name!r}")
 
         self.inplanes = num_filters[0]
-        self.conv1 = nn.Conv2d(3, num_filters[0], kernel_size=3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, num_filters[0], kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(num_filters[0])
         self.layer1 = self._make_layer(block, num_filters[1], n)
         self.layer2 = self._make_layer(block, num_filters[2], n, stride=2)

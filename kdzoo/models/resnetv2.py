@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import DistillModel, PreActBlock, run_stage
+from .base import DistillModel, PreActBlock, check_in_channels, run_stage
 from .registry import register_model
 
 __all__ = [
@@ -94,7 +94,8 @@ class ResNet(DistillModel):
     """Four-stage ResNet for 32x32 inputs (strides 1, 2, 2, 2), global average pooling, ``linear``.
 
     ``zero_init_residual`` zeroes the last BN of every residual branch so each block starts as
-    the identity (Goyal et al. 2017); off by default, as in the reference.
+    the identity (Goyal et al. 2017); off by default, as in the reference. ``in_channels`` is the
+    number of input image channels (see :class:`~kdzoo.models.base.DistillModel`).
     """
 
     classifier_name = "linear"
@@ -105,10 +106,12 @@ class ResNet(DistillModel):
         num_blocks: Sequence[int],
         num_classes: int = 100,
         zero_init_residual: bool = False,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
+        self.in_channels = check_in_channels(in_channels)
         self.in_planes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import DistillModel
+from .base import DistillModel, check_in_channels
 from .registry import register_model
 
 __all__ = ["VGG", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
@@ -65,20 +65,24 @@ class VGG(DistillModel):
     """VGG-BN backbone (Simonyan & Zisserman, 2015) with the CRD feature contract.
 
     ``cfg`` lists the conv widths of the five blocks; the last block must have 512 channels.
+    ``in_channels`` is the number of input image channels (see :class:`~kdzoo.models.base.DistillModel`).
     """
 
     classifier_name = "classifier"
 
-    def __init__(self, cfg: Sequence[Sequence[int]], num_classes: int = 100) -> None:
+    def __init__(
+        self, cfg: Sequence[Sequence[int]], num_classes: int = 100, in_channels: int = 3
+    ) -> None:
         super().__init__()
+        self.in_channels = check_in_channels(in_channels)
         if len(cfg) != 5:
             raise ValueError(f"VGG needs conv widths for 5 blocks, got {len(cfg)}")
-        in_channels = [3] + [widths[-1] for widths in cfg[:-1]]
-        self.block0 = _make_block(cfg[0], in_channels[0])
-        self.block1 = _make_block(cfg[1], in_channels[1])
-        self.block2 = _make_block(cfg[2], in_channels[2])
-        self.block3 = _make_block(cfg[3], in_channels[3])
-        self.block4 = _make_block(cfg[4], in_channels[4])
+        block_inputs = [in_channels] + [widths[-1] for widths in cfg[:-1]]
+        self.block0 = _make_block(cfg[0], block_inputs[0])
+        self.block1 = _make_block(cfg[1], block_inputs[1])
+        self.block2 = _make_block(cfg[2], block_inputs[2])
+        self.block3 = _make_block(cfg[3], block_inputs[3])
+        self.block4 = _make_block(cfg[4], block_inputs[4])
 
         self.pool0 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
@@ -114,33 +118,33 @@ class VGG(DistillModel):
 
 
 @register_model
-def vgg8(num_classes: int = 100) -> VGG:
+def vgg8(num_classes: int = 100, in_channels: int = 3) -> VGG:
     """VGG-8 with batch norm (Simonyan & Zisserman, 2015), the reference's ``vgg8_bn``."""
-    return VGG(CONFIGS["vgg8"], num_classes=num_classes)
+    return VGG(CONFIGS["vgg8"], num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model
-def vgg11(num_classes: int = 100) -> VGG:
+def vgg11(num_classes: int = 100, in_channels: int = 3) -> VGG:
     """VGG-11 with batch norm (Simonyan & Zisserman, 2015), the reference's ``vgg11_bn``."""
-    return VGG(CONFIGS["vgg11"], num_classes=num_classes)
+    return VGG(CONFIGS["vgg11"], num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model
-def vgg13(num_classes: int = 100) -> VGG:
+def vgg13(num_classes: int = 100, in_channels: int = 3) -> VGG:
     """VGG-13 with batch norm (Simonyan & Zisserman, 2015), the reference's ``vgg13_bn``."""
-    return VGG(CONFIGS["vgg13"], num_classes=num_classes)
+    return VGG(CONFIGS["vgg13"], num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model
-def vgg16(num_classes: int = 100) -> VGG:
+def vgg16(num_classes: int = 100, in_channels: int = 3) -> VGG:
     """VGG-16 with batch norm (Simonyan & Zisserman, 2015), the reference's ``vgg16_bn``."""
-    return VGG(CONFIGS["vgg16"], num_classes=num_classes)
+    return VGG(CONFIGS["vgg16"], num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model
-def vgg19(num_classes: int = 100) -> VGG:
+def vgg19(num_classes: int = 100, in_channels: int = 3) -> VGG:
     """VGG-19 with batch norm (Simonyan & Zisserman, 2015), the reference's ``vgg19_bn``."""
-    return VGG(CONFIGS["vgg19"], num_classes=num_classes)
+    return VGG(CONFIGS["vgg19"], num_classes=num_classes, in_channels=in_channels)
 
 
 # The reference's own function names, for code ported from it (not separate architectures).

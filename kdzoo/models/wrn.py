@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import DistillModel
+from .base import DistillModel, check_in_channels
 from .registry import register_model
 
 __all__ = ["BasicBlock", "NetworkBlock", "WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
@@ -99,7 +99,8 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(DistillModel):
-    """WRN-``depth``-``widen_factor`` for 32x32 inputs (see the module docstring for features)."""
+    """WRN-``depth``-``widen_factor`` for 32x32 inputs (see the module docstring for features);
+    ``in_channels`` is the number of input image channels (see :class:`~kdzoo.models.base.DistillModel`)."""
 
     classifier_name = "fc"
 
@@ -109,15 +110,17 @@ class WideResNet(DistillModel):
         num_classes: int = 100,
         widen_factor: int = 1,
         drop_rate: float = 0.0,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
+        self.in_channels = check_in_channels(in_channels)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4 (16, 22, 28, 40, ...), got {depth}")
         n = (depth - 4) // 6
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.nChannels = channels[3]
 
-        self.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.block1 = NetworkBlock(n, channels[0], channels[1], BasicBlock, 1, drop_rate)
         self.block2 = NetworkBlock(n, channels[1], channels[2], BasicBlock, 2, drop_rate)
         self.block3 = NetworkBlock(n, channels[2], channels[3], BasicBlock, 2, drop_rate)
