@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if env.is_main:
         print(f"probe: {opt.model_s} from {opt.path_s}, features {task.head.in_features} -> {n_cls} classes of "
               f"{opt.dataset} ({len(setup.train_loader.dataset)} train / {len(setup.test_loader.dataset)} test "
-              f"images at {opt.image_size}x{opt.image_size}); backbone frozen, batch norm "
+              f"images at {opt.image_size}x{opt.image_size}, input view {opt.input}); backbone frozen, batch norm "
               f"{'adapting' if opt.bn_adapt else 'frozen'}")
     normalize = InputView(opt.input, setup.spec.mean, setup.spec.std)
     log = print if env.is_main else (lambda *_: None)

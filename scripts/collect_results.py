@@ -182,9 +182,9 @@ PUBLISHED: dict[tuple[str, str, str], float] = _published()
 
 STUDENT_RUN = re.compile(
     r"^S:(?P<student>.+?)_T:(?P<teacher>.+?)_(?P<dataset>[^_]+)_(?P<distill>[^_]+)"
-    r"_r:(?P<gamma>[^_]+)_a:(?P<alpha>[^_]+)_b:(?P<beta>[^_]+)(?P<ls>_ls)?_(?P<trial>.+)$"
+    r"_r:(?P<gamma>[^_]+)_a:(?P<alpha>[^_]+)_b:(?P<beta>[^_]+)(?P<ls>_ls)?(?:_in:(?P<views>[^_]+))?_(?P<trial>.+)$"
 )
-VANILLA_RUN = re.compile(r"^(?P<model>.+?)_vanilla(?:_trial_(?P<trial>.+))?$")
+VANILLA_RUN = re.compile(r"^(?P<model>.+?)_vanilla(?:_in:(?P<view>[^_]+))?(?:_trial_(?P<trial>.+))?$")
 
 
 @dataclass(frozen=True)
@@ -205,6 +205,7 @@ class Run:
     curve: tuple[tuple[int, float], ...] = ()  # (epoch, test_acc), by epoch
     settings: Mapping[str, Any] | None = None  # run.json's settings; None: not recorded (older runs)
     logit_stand: bool = False
+    views: str | None = None  # input views other than rgb: "<teachers>-<student>", or a vanilla model's view
 
     def value(self, metric: str) -> float:
         return self.last if metric == "last" else self.best
@@ -212,7 +213,8 @@ class Run:
     @property
     def label(self) -> str:
         """The row of a distillation run (vanilla runs become the Teacher and Student rows)."""
-        return method_label(self.distill, self.alpha, self.logit_stand) if self.kind == "student" else "vanilla"
+        label = method_label(self.distill, self.alpha, self.logit_stand) if self.kind == "student" else "vanilla"
+        return f"{label} [{self.views}]" if self.views else label
 
 
 def method_label(distill: str, alpha: float, logit_stand: bool = False) -> str:
@@ -241,11 +243,11 @@ def parse_run_name(name: str) -> dict | None:
 
 
 def parse_vanilla_name(name: str) -> dict | None:
-    """``<model>_vanilla`` (trial 0) or ``<model>_vanilla_trial_<t>``, or None."""
+    """``<model>_vanilla[_in:<view>]`` (trial 0) or ``<model>_vanilla[_in:<view>]_trial_<t>``, or None."""
     m = VANILLA_RUN.match(name)
     if not m:
         return None
-    return {"model": m["model"], "trial": m["trial"] or "0"}
+    return {"model": m["model"], "trial": m["trial"] or "0", "views": m["view"]}
 
 
 def read_curve(run_dir: Path) -> dict[int, float]:
@@ -326,7 +328,8 @@ def scan(root: Path | None, vanilla_root: Path | None, notes: list[str] | None =
             logit_stand = fields.get("logit_stand", False)
             if settings is not None:
                 logit_stand = bool(settings.get("logit_stand", logit_stand))
-            runs.append(Run(path, *run_fields(fields), *_summary(curve), tuple(curve.items()), settings, logit_stand))
+            runs.append(Run(path, *run_fields(fields), *_summary(curve), tuple(curve.items()), settings, logit_stand,
+                            fields.get("views")))
     return runs
 
 
@@ -365,6 +368,8 @@ def recipe_differences(run: Run) -> list[str]:
     expected = dict(PAPER_RECIPE, learning_rate=recipe_learning_rate(run.model_s))
     differences = [describe_setting(key, settings.get(key, "unknown")) for key, want in expected.items()
                    if not _same(settings.get(key, "unknown"), want)]
+    if run.views:
+        differences.append(f"input views {run.views}")  # the papers' tables are all rgb
     epochs = settings.get("epochs")
     if isinstance(epochs, int) and run.last_epoch < epochs:
         differences.append(f"stopped at epoch {run.last_epoch} of {epochs}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -210,3 +211,25 @@ class InputView(nn.Module):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         # Normalize's own constants, so lowres and rgb share one normalisation exactly.
         return x.mul_(self.normalize.scale).sub_(self.normalize.shift)
+
+
+class InputViews(nn.Module):
+    """The inputs of several networks from one uint8 batch: ``forward`` returns one view per entry
+    of ``views`` (for distillation: the student's, then each teacher's), computing each distinct
+    view once and returning the same tensor to every network that reads it."""
+
+    def __init__(self, views: Sequence[InputView]) -> None:
+        super().__init__()
+        distinct: dict[str, InputView] = {}
+        for v in views:
+            distinct.setdefault(v.view, v)
+        self.distinct = nn.ModuleList(distinct.values())
+        self.order = [list(distinct).index(v.view) for v in views]
+        self.views = [v.view for v in views]
+
+    def extra_repr(self) -> str:
+        return f"views={self.views}"
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        computed = [view(images) for view in self.distinct]
+        return tuple(computed[i] for i in self.order)

@@ -162,9 +162,11 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
     ``parse_args``), for the start-up summary's given/default marks. Parses ``argv`` again with every
     destination pre-set to a marker, which argparse leaves alone unless a flag sets it."""
     unset = object()
-    dests = {a.dest for a in parser._actions if a.dest != argparse.SUPPRESS}
-    namespace = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(dests, unset)))
-    return frozenset(d for d in dests if getattr(namespace, d) is not unset)
+    actions = [a for a in parser._actions if a.dest != argparse.SUPPRESS]
+    # An appending flag (--path_t given once per teacher) copies what it finds, so it starts from None.
+    markers = {a.dest: None if isinstance(a, argparse._AppendAction) else unset for a in actions}
+    namespace = parser.parse_args(argv, namespace=argparse.Namespace(**markers))
+    return frozenset(d for d, marker in markers.items() if getattr(namespace, d) is not marker)
 
 
 def apply_threads(threads: int | None) -> None:
