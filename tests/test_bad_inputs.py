@@ -118,8 +118,9 @@ class World:
     def cifar_split(self) -> Path:
         return self.data / "cifar-100-python" / "train"
 
-    def flags(self, entry: str) -> list[str]:
-        """Fast, CPU-only flags of ``entry``: 16 images, one epoch."""
+    def flags(self, entry: str, path_t: Path | None = None) -> list[str]:
+        """Fast, CPU-only flags of ``entry``: 16 images, one epoch (a student distils ``path_t``,
+        default: the good teacher; a repeated ``--path_t`` would add a second teacher)."""
         if entry == "plot_corr":
             return ["--data_folder", str(self.data), "--device", "cpu", "--test_subset", "8",
                     "--output", str(self.tmp / "corr.png")]
@@ -127,7 +128,7 @@ class World:
                   "--num_workers", "0", "--batch_size", "8", "--epochs", "1", "--print_freq", "1000",
                   "--train_subset", "16", "--test_subset", "16", "--seed", "1"]
         if entry == "train_student":
-            return [*common, "--model_s", "resnet8", "--path_t", str(self.teacher)]
+            return [*common, "--model_s", "resnet8", "--path_t", str(path_t or self.teacher)]
         if entry == "train_teacher":
             return [*common, "--model", "resnet8"]
         return [*common, "--dataset", "cifar100", "--path_s", str(self.teacher)]
@@ -320,15 +321,15 @@ def test_data_unpickler_refuses_any_other_global(module, name, tmp_path):
 
 def test_refused_checkpoint_names_the_type_it_wanted(world, capsys):
     path = save(world.tmp / "x" / "resnet8_vanilla" / "a.pth", {"model": weights(), "opt": Payload(world.marker)})
-    _, err = run_entry("train_student", [*world.flags("train_student"), "--path_t", str(path)], capsys)
+    _, err = run_entry("train_student", world.flags("train_student", path), capsys)
     # The payload's callable is builtins.open, pickled under its module name.
     assert re.search(rf"asks to build {re.escape(open.__module__)}\.open\b", err), err
 
 
 def test_misleading_folder_error_is_short(world, capsys):
     """The keys of a wrong architecture are summarised (a ResNet of another depth differs in hundreds)."""
-    extra, _ = _misleading_folder(world)
-    _, err = run_entry("train_student", [*world.flags("train_student"), *extra], capsys)
+    _, path = _misleading_folder(world)
+    _, err = run_entry("train_student", world.flags("train_student", path), capsys)
     message = re.search(r"^\S+: error: (.*)$", err, re.M)[1]
     assert len(message) < 700, message
 
@@ -351,9 +352,9 @@ def test_command_line_exits_cleanly_on_a_payload(script, make, world):
 
 # ------------------------------------------------------------------------------------ what still loads
 
-def _trained_student(world: World, *extra: str) -> dict:
+def _trained_student(world: World, path_t: Path, *extra: str) -> dict:
     torch.manual_seed(0)
-    return train_student.main([*world.flags("train_student"), *extra])
+    return train_student.main([*world.flags("train_student", path_t), *extra])
 
 
 def test_reference_checkpoint_with_namespace_and_numpy_scalars_trains(world):
@@ -364,7 +365,7 @@ def test_reference_checkpoint_with_namespace_and_numpy_scalars_trains(world):
                  "best_acc": np.float32(72.0), "step": np.int64(3)})
     state = load_checkpoint(path)
     assert state["opt"] == opt and state["accuracy"] == np.float64(71.5) and state["step"] == 3
-    result = _trained_student(world, "--path_t", str(path))
+    result = _trained_student(world, path)
     assert "_T:resnet8_" in Path(result["run_dir"]).name
 
 
@@ -373,7 +374,7 @@ def test_the_recorded_architecture_wins_over_a_misleading_folder(world):
     resnet32, made smaller: the point is the name, not the depth)."""
     path = save(world.tmp / "resnet8_runs" / "ckpt_epoch_240.pth",
                 {"model": weights("resnet14"), "model_name": "resnet14", "epoch": 240})
-    result = _trained_student(world, "--path_t", str(path))
+    result = _trained_student(world, path)
     assert "_T:resnet14_" in Path(result["run_dir"]).name
 
 
@@ -381,7 +382,7 @@ def test_the_reference_namespace_names_the_architecture(world):
     path = save(world.tmp / "elsewhere" / "last.pth",
                 {"model": weights("resnet14"), "opt": argparse.Namespace(model="resnet14")})
     parser = train_student.build_parser()
-    argv = [*world.flags("train_student"), "--path_t", str(path)]
+    argv = world.flags("train_student", path)
     opt = train_student.resolve_options(parser, train_student.parse_training_args(parser, argv))
     assert opt.model_t == "resnet14"
 
@@ -391,11 +392,11 @@ def test_trust_checkpoint_loads_a_refused_file_with_a_warning(world, capsys):
     the types the refusal lists to the allow-list; the load stays weights-only."""
     path = save(world.tmp / "arrays" / "resnet8_vanilla" / "ckpt.pth",
                 {"model": weights(), "history": np.array([1.0, 2.0])})
-    _, err = run_entry("train_student", [*world.flags("train_student"), "--path_t", str(path)], capsys)
+    _, err = run_entry("train_student", world.flags("train_student", path), capsys)
     assert "_reconstruct" in err and "--trust_checkpoint" in err
     capsys.readouterr()
     names = re.search(r"rerun with --trust_checkpoint (\S+)", err)[1]  # every type the file needs, listed
-    result = _trained_student(world, "--path_t", str(path), "--trust_checkpoint", names)
+    result = _trained_student(world, path, "--trust_checkpoint", names)
     assert re.search(r"warning: --trust_checkpoint: allowing .*_reconstruct.* while loading .*ckpt\.pth",
                      capsys.readouterr().err)
     assert result["run_dir"]

@@ -143,8 +143,13 @@ def test_parse_run_names():
     f = cr.parse_run_name("S:MobileNetV2_T:ResNet50_cifar100_crd_r:1.0_a:1.0_b:0.8_run_a")
     assert (f["student"], f["teacher"], f["distill"], f["trial"]) == ("MobileNetV2", "ResNet50", "crd", "run_a")
     assert cr.parse_run_name("resnet32x4_vanilla") is None
-    assert cr.parse_vanilla_name("wrn_40_2_vanilla") == {"model": "wrn_40_2", "trial": "0"}
-    assert cr.parse_vanilla_name("wrn_40_2_vanilla_trial_2") == {"model": "wrn_40_2", "trial": "2"}
+    assert cr.parse_vanilla_name("wrn_40_2_vanilla") == {"model": "wrn_40_2", "trial": "0", "views": None}
+    assert cr.parse_vanilla_name("wrn_40_2_vanilla_trial_2") == {"model": "wrn_40_2", "trial": "2", "views": None}
+    # Input views other than rgb (train_teacher.py --input, train_student.py --input_t/--input_s).
+    assert cr.parse_vanilla_name("resnet8_vanilla_in:lowres:8_trial_2") == {"model": "resnet8", "trial": "2",
+                                                                            "views": "lowres:8"}
+    f = cr.parse_run_name("S:resnet8_T:resnet14+resnet14_cifar100_crd_r:0.0_a:0.0_b:0.8_in:L-ab_3")
+    assert (f["teacher"], f["views"], f["trial"], f["gamma"]) == ("resnet14+resnet14", "L-ab", "3", 0.0)
 
 
 def test_labels():
@@ -690,7 +695,8 @@ def test_distill_script_print_only():
     assert len(opts) == len(want)
     got = set()
     for o in opts:
-        m = re.fullmatch(r"\./save/models/(.+)_vanilla/ckpt_epoch_240\.pth", o.path_t)
+        assert len(o.path_t) == 1, o.path_t  # one teacher per run
+        m = re.fullmatch(r"\./save/models/(.+)_vanilla/ckpt_epoch_240\.pth", o.path_t[0])
         assert m, o.path_t
         teacher = m[1]
         assert (o.trial, o.data_folder, o.device) == ("1", "./data", "cpu")
