@@ -125,6 +125,7 @@ def add_common_args(p: Any, out: str, seeds: str) -> None:
 
 
 def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as integers."""
     return [int(s) for s in text.split(",") if s.strip()]
 
 
@@ -145,6 +146,8 @@ class Job:
 
 @dataclass
 class JobResult:
+    """A finished job: its seconds and its final JSON line (``run_dir`` names its run folder)."""
+
     name: str
     seconds: float
     final: dict[str, Any] = field(default_factory=dict)
@@ -233,7 +236,7 @@ def write_outputs(out: Path, table: str, summary: dict[str, Any], started: float
     return summary
 
 
-def pyplot():
+def pyplot() -> Any:
     """matplotlib's pyplot on the file-only backend (imported only when a figure is drawn)."""
     import matplotlib
 
