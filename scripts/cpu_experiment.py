@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from collect_results import collect_accuracies, render_pairs  # noqa: E402
+from experiment_runs import Job, run_command, run_jobs  # noqa: E402
 
 # label -> (entry point, extra flags); the paper weights of distiller_zoo/registry.py, written out
 # so that the table's labels (collect_results.method_label) are explicit here too.
@@ -65,17 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(cmd: list[str], log: Path, threads: int) -> float:
-    """Run one training command with ``threads`` torch threads; its output goes to ``log``."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    start = time.perf_counter()
-    with log.open("w") as f:
-        done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -88,7 +77,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if models.exists() or students.exists():
         raise SystemExit(f"{out} already holds runs: choose another --out")
     logs.mkdir(parents=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     common = ["--data_folder", str(Path(args.data_folder).resolve()), "--device", "cpu", "--num_workers", "1",
               "--print_freq", "1000000"]
     for flag in ("train_subset", "test_subset"):
@@ -100,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     teacher_cmd = [py, "train_teacher.py", "--model", args.teacher, "--epochs", str(args.teacher_epochs),
                    "--lr_decay_epochs", args.teacher_decay, "--seed", "0", "--save_folder", str(models), *common]
     # The teacher alone uses every core.
-    seconds = {"teacher": run(teacher_cmd, logs / "teacher.log", os.cpu_count() or 1)}
+    seconds = {"teacher": run_command(teacher_cmd, logs / "teacher.log", os.cpu_count() or 1)}
     path_t = models / f"{args.teacher}_vanilla" / f"{args.teacher}_last.pth"
 
     jobs = []
@@ -117,10 +105,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             else:
                 cmd += ["--model_s", args.student, "--path_t", str(path_t), "--save_folder", str(students),
                         "--nce_k", str(args.nce_k), *flags]
-            jobs.append((f"{label}_seed{seed}", cmd))
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        times = pool.map(lambda job: run(job[1], logs / f"{job[0].replace('+', 'p')}.log", threads), jobs)
-        seconds.update(zip([name for name, _ in jobs], times))
+            jobs.append(Job(f"{label}_seed{seed}", cmd))
+    done = run_jobs(jobs, args.jobs, logs)
+    seconds.update((job.name, done[job.name].seconds) for job in jobs)
     seconds["total"] = time.perf_counter() - start
 
     acc = collect_accuracies(students, models, metric="last")
