@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -47,15 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p, out="crossmodal_experiment", seeds="0")
     p.add_argument("--teacher", default="resnet14")
     p.add_argument("--student", default="resnet8")
-    p.add_argument("--teacher_epochs", type=int, default=3)
-    p.add_argument("--teacher_decay", default="2", help="--lr_decay_epochs of the teacher")
-    p.add_argument("--teacher_subset", type=int, default=25000, help="the teacher trains on the first N images (0: all)")
-    p.add_argument("--student_epochs", type=int, default=2)
-    p.add_argument("--student_decay", default="1", help="--lr_decay_epochs of the students")
-    p.add_argument("--student_subset", type=int, default=10000, help="students train on the first N images (0: all)")
+    p.add_argument("--teacher_epochs", type=int, default=4)
+    p.add_argument("--teacher_decay", default="3", help="--lr_decay_epochs of the teacher")
+    p.add_argument("--teacher_subset", type=int, default=0, help="the teacher trains on the first N images (0: all)")
+    p.add_argument("--student_epochs", type=int, default=3)
+    p.add_argument("--student_decay", default="2", help="--lr_decay_epochs of the students")
+    p.add_argument("--student_subset", type=int, default=20000, help="students train on the first N images (0: all)")
     p.add_argument("--probe_epochs", type=int, default=2)
     p.add_argument("--probe_decay", default="1", help="--lr_decay_epochs of the linear probes")
-    p.add_argument("--probe_subset", type=int, default=25000,
+    p.add_argument("--probe_subset", type=int, default=0,
                    help="probes train on the first N images (0: all); they test on the full test set")
     p.add_argument("--methods", default=",".join(BETAS), help=f"subset of {','.join(BETAS)}")
     return p
@@ -153,7 +154,7 @@ def plot(acc: Mapping[str, Sequence[float]], path: Path, title: str) -> None:
         if acc.get(label):
             ax.axvline(statistics.mean(acc[label]), color="0.3", linestyle=style, label=label)
     ax.set_xlabel("linear-probe test top-1 on ab (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -3,7 +3,7 @@
 
     python scripts/ensemble_experiment.py --data_folder ./data --out ensemble_experiment
 
-Trains ``--n_teachers`` teachers (resnet14, seeds 0.. and trials 1..; 2 epochs on the first 15,000
+Trains ``--n_teachers`` teachers (resnet14, seeds 0.. and trials 1..; 3 epochs on the first 25,000
 images by default), then resnet8 students from the first 1, 2 and 4 of them with KD
 (``-r 0.1 -a 0.9 -b 0``), CRD (``-r 1 -a 0 -b 0.8``) and CRD+KD (``-r 1 -a 1 -b 0.8``), plus a vanilla
 resnet8 trained alone on the same budget (the no-teacher line). Several teachers are passed as
@@ -23,6 +23,7 @@ import argparse
 import json
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -50,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default="resnet8")
     p.add_argument("--n_teachers", type=int, default=4, help="teachers trained (seeds 0..n-1, trials 1..n)")
     p.add_argument("--teacher_counts", default="1,2,4", help="students learn from the first N teachers, for each N")
-    p.add_argument("--teacher_epochs", type=int, default=2)
-    p.add_argument("--teacher_decay", default="1", help="--lr_decay_epochs of the teachers")
-    p.add_argument("--teacher_subset", type=int, default=15000, help="teachers train on the first N images (0: all)")
-    p.add_argument("--student_epochs", type=int, default=2)
-    p.add_argument("--student_decay", default="1", help="--lr_decay_epochs of the students")
-    p.add_argument("--student_subset", type=int, default=10000, help="students train on the first N images (0: all)")
+    p.add_argument("--teacher_epochs", type=int, default=3)
+    p.add_argument("--teacher_decay", default="2", help="--lr_decay_epochs of the teachers")
+    p.add_argument("--teacher_subset", type=int, default=25000, help="teachers train on the first N images (0: all)")
+    p.add_argument("--student_epochs", type=int, default=3)
+    p.add_argument("--student_decay", default="2", help="--lr_decay_epochs of the students")
+    p.add_argument("--student_subset", type=int, default=15000, help="students train on the first N images (0: all)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     return p
 
@@ -138,7 +139,7 @@ def plot(acc: Mapping[str, Mapping[int, Sequence[float]]], vanilla: Sequence[flo
     ax.set_xticks(list(counts), [str(k) for k in counts])
     ax.set_xlabel("number of teachers")
     ax.set_ylabel("student test top-1 (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -20,6 +20,7 @@ import argparse
 import re
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -50,17 +51,17 @@ def student_view(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, out="privileged_experiment", seeds="0,1")
+    add_common_args(p, out="privileged_experiment", seeds="0,1,2")
     p.add_argument("--teacher", default="resnet14")
     p.add_argument("--student", default="resnet8")
     p.add_argument("--student_input", type=student_view, default="lowres:8",
                    help="the students' view: lowres:N (NxN, scaled back) or gray")
-    p.add_argument("--teacher_epochs", type=int, default=3)
-    p.add_argument("--teacher_decay", default="2", help="--lr_decay_epochs of the teacher")
-    p.add_argument("--teacher_subset", type=int, default=25000, help="the teacher trains on the first N images (0: all)")
-    p.add_argument("--student_epochs", type=int, default=2)
-    p.add_argument("--student_decay", default="1", help="--lr_decay_epochs of the students")
-    p.add_argument("--student_subset", type=int, default=10000, help="students train on the first N images (0: all)")
+    p.add_argument("--teacher_epochs", type=int, default=5)
+    p.add_argument("--teacher_decay", default="4", help="--lr_decay_epochs of the teacher")
+    p.add_argument("--teacher_subset", type=int, default=0, help="the teacher trains on the first N images (0: all)")
+    p.add_argument("--student_epochs", type=int, default=3)
+    p.add_argument("--student_decay", default="2", help="--lr_decay_epochs of the students")
+    p.add_argument("--student_subset", type=int, default=20000, help="students train on the first N images (0: all)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     return p
 
@@ -108,7 +109,7 @@ def plot(acc: Mapping[str, Sequence[float]], teacher_acc: float, path: Path, tit
     ax.set_xticks(range(len(labels)), labels)
     ax.axhline(teacher_acc, color="0.3", linestyle="--", label=f"teacher ({TEACHER_VIEW})")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -263,3 +263,30 @@ def test_sync_bn_on_cpu_is_refused_or_works(ddp_data, tmp_path):
     assert codes in ([0, 0], [2, 2]), codes
     if codes == [2, 2]:
         assert all("--sync_bn" in r["err"] for r in results)
+
+
+@pytest.mark.slow
+def test_label_free_student_of_two_teachers_on_other_views_on_two_processes(ddp_data, tmp_path):
+    """Cross-modal and ensemble mechanisms under DistributedDataParallel: two teachers (rgb and L)
+    distilled label-free (-r 0 -a 0: the classifier is frozen, so DDP must not wait for its
+    gradients) into an ab student; every rank finishes and the ranks' students stay identical."""
+    models = tmp_path / "models"
+    common = ["--device", "cpu", "--num_workers", "0", "--data_folder", str(ddp_data), "--epochs", "1",
+              "--batch_size", "16", "--train_subset", str(N_TRAIN), "--test_subset", str(N_TEST), "--seed", "3",
+              "--print_freq", "1000"]
+    import train_teacher
+
+    for view in ("rgb", "L"):
+        torch.manual_seed(0)
+        train_teacher.main(["--model", "resnet8", "--input", view, "--save_folder", str(models), *common])
+    teachers = [models / "resnet8_vanilla" / "resnet8_last.pth", models / "resnet8_vanilla_in:L" / "resnet8_last.pth"]
+    cmd = [sys.executable, str(ROOT / "train_student.py"), "--model_s", "resnet8", "--distill", "crd",
+           "-r", "0", "-a", "0", "--nce_k", "8", "--input_s", "ab", "--save_folder", str(tmp_path / "students"),
+           *[a for path in teachers for a in ("--path_t", str(path))], "--input_t", "rgb", "--input_t", "L", *common]
+    results = launch(cmd, tmp_path)
+    assert_all_ok(results)
+    run_dir = Path(json_lines(results[0]["out"])[-1]["run_dir"])
+    assert run_dir.name == "S:resnet8_T:resnet8+resnet8_cifar100_crd_r:0.0_a:0.0_b:0.8_in:rgb+L-ab_1"
+    state = torch.load(run_dir / "resnet8_last.pth", map_location="cpu", weights_only=True)
+    assert state["input"] == "ab" and "term.1.loss.embed_t.linear.weight" in state["task"]
+    assert "classifier" in results[0]["out"] and "not trained" in results[0]["out"]

@@ -176,12 +176,12 @@ def test_ensemble_design_commands(tmp_path):
     fake_done = {f"teacher{i}": runs.JobResult(f"teacher{i}", 0.0, {"run_dir": f"/t{i}"}) for i in range(1, 5)}
     cmd = jobs["CRD+KD_T4_seed1"].command(fake_done)
     assert [cmd[i + 1] for i, c in enumerate(cmd) if c == "--path_t"] == [f"/t{i}/resnet14_last.pth" for i in range(1, 5)]
-    assert cmd[cmd.index("--train_subset") + 1] == "10000" and cmd[cmd.index("--nce_k") + 1] == "4096"
+    assert cmd[cmd.index("--train_subset") + 1] == "15000" and cmd[cmd.index("--nce_k") + 1] == "4096"
     assert " ".join(cmd).count("-r 1 -a 1 -b 0.8") == 1
     assert jobs["KD_T2_seed0"].needs == ("teacher1", "teacher2")
     teacher = jobs["teacher3"].command
     assert teacher[teacher.index("--seed") + 1] == "2" and teacher[teacher.index("--trial") + 1] == "3"
-    assert teacher[teacher.index("--train_subset") + 1] == "15000"
+    assert teacher[teacher.index("--train_subset") + 1] == "25000"
     # --train_subset replaces every stage's size
     args.train_subset = 256
     jobs = {j.name: j for j in ensemble.design(args, tmp_path)}
@@ -202,7 +202,7 @@ def test_crossmodal_design_commands(tmp_path):
     assert cmd[cmd.index("--input_t") + 1] == "L" and cmd[cmd.index("--input_s") + 1] == "ab"
     probe = by_name["probe_pkt_seed0"].command(done)
     assert probe[probe.index("--path_s") + 1] == "/S/resnet8_last.pth" and probe[probe.index("--input") + 1] == "ab"
-    assert probe[probe.index("--train_subset") + 1] == "25000" and "--test_subset" not in probe
+    assert "--train_subset" not in probe and "--test_subset" not in probe  # every image by default
     teacher_probe = by_name["probe_teacher"].command(done)
     assert teacher_probe[teacher_probe.index("--input") + 1] == "L"
 
