@@ -33,7 +33,6 @@ from kdzoo.helper.checkpoint import (
 from kdzoo.helper.distill import (
     DistillTask,
     TeacherEnsemble,
-    as_list,
     build_term,
     finish_init_stage,
     fold_teacher_batchnorm,
@@ -45,6 +44,7 @@ from kdzoo.helper.options import add_training_args, check_device_options, parse_
 from kdzoo.helper.options import apply_threads, given_flags
 from kdzoo.helper.summary import distillation_rows, log_summary
 from kdzoo.helper.trainer import prepare_run, run_training
+from kdzoo.helper.util import as_list
 from kdzoo.models import model_dict
 
 

@@ -15,7 +15,7 @@ from kdzoo.models.fusion import fold_batchnorm
 from .loops import RunClock, StepOutput, train_epoch
 from .precision import Precision
 from .trainer import epoch_seed
-from .util import seed_everything
+from .util import as_list, seed_everything
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
@@ -89,11 +89,6 @@ def split_inputs(images: torch.Tensor | Sequence[torch.Tensor], n_teachers: int
     if len(images) != n_teachers + 1:
         raise ValueError(f"expected the student's input and {n_teachers} teacher input(s), got {len(images)} tensors")
     return images[0], list(images[1:])
-
-
-def as_list(value: Any) -> list[Any]:
-    """A per-teacher option as a list: several teachers give a list, one teacher its single value."""
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class DistillTask(nn.Module):

@@ -7,6 +7,7 @@ from typing import Any, Collection, Sequence
 import torch
 
 from .precision import Precision, cpu_has_fast_bfloat16
+from .util import as_list
 
 # A summary row: label, value, and the flag destinations that set the value (empty: no mark).
 Row = tuple[str, str, tuple[str, ...]]
@@ -70,18 +71,14 @@ def training_rows(opt: Any, setup: Any, precision: Precision) -> list[Row]:
     ]
 
 
-def _listed(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def distillation_rows(opt: Any, method: Any, main_term: bool, resumed: bool,
                       trains_classifier: bool = True) -> list[Row]:
     """The networks and their input views, the method (a row of ``distiller_zoo/registry.py``), the
     loss with the names the logs give its terms, and the init stage. ``main_term``: the method adds
     a term to the distillation loss (KD alone has none; AB and FSP use theirs in the init stage
     only); ``trains_classifier=False``: label-free distillation (``-r 0 -a 0``)."""
-    paths, names = _listed(opt.path_t), _listed(opt.model_t)
-    views_t = _listed(getattr(opt, "input_t", None) or "rgb")
+    paths, names = as_list(opt.path_t), as_list(opt.model_t)
+    views_t = as_list(getattr(opt, "input_t", None) or "rgb")
     views_t = views_t * len(paths) if len(views_t) == 1 else views_t
     loss = f"{opt.gamma:g} * cls + {opt.alpha:g} * div"
     names_text = "cls: cross-entropy, div: KD term at the temperature below"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import random
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,3 +99,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A per-teacher option as a list: several teachers give a list (or tuple), one teacher its
+    single value."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
