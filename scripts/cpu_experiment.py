@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from collect_results import collect_accuracies, render_pairs  # noqa: E402
-from experiment_runs import Job, run_command, run_jobs  # noqa: E402
+from experiment_runs import Job, parse_methods, run_command, run_jobs  # noqa: E402
 
 # label -> (entry point, extra flags); the paper weights of distiller_zoo/registry.py, written out
 # so that the table's labels (collect_results.method_label) are explicit here too.
@@ -67,10 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(STUDENT_RUNS)
-    if unknown:
-        raise SystemExit(f"unknown --methods {sorted(unknown)}: choose from {', '.join(STUDENT_RUNS)}")
+    methods = parse_methods(args.methods, STUDENT_RUNS)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out).resolve()
     models, students, logs = out / "models", out / "student_model", out / "logs"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from experiment_runs import (  # noqa: E402
+    parse_methods, save_figure,
     PY, Job, JobResult, add_common_args, common_flags, last_test_acc, markdown_table, mean_std, parse_seeds,
     prepare_out, pyplot, run_jobs, subset_flag, write_outputs,
 )
@@ -154,19 +154,12 @@ def plot(acc: Mapping[str, Sequence[float]], path: Path, title: str) -> None:
         if acc.get(label):
             ax.axvline(statistics.mean(acc[label]), color="0.3", linestyle=style, label=label)
     ax.set_xlabel("linear-probe test top-1 on ab (%)")
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path, title, legend_loc="lower right")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    args.methods = [m for m in args.methods.split(",") if m]
-    unknown = set(args.methods) - set(BETAS)
-    if unknown:
-        raise SystemExit(f"unknown --methods {sorted(unknown)}: choose from {', '.join(BETAS)}")
+    args.methods = parse_methods(args.methods, BETAS)
     out = prepare_out(args.out)
     started = time.perf_counter()
     jobs, probes = design(args, out)

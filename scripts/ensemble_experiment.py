@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from experiment_runs import (  # noqa: E402
+    parse_methods, save_figure,
     MISSING, PY, Job, JobResult, add_common_args, common_flags, last_test_acc, markdown_table, mean_std,
     parse_seeds, prepare_out, pyplot, run_jobs, subset_flag, write_outputs,
 )
@@ -139,19 +139,12 @@ def plot(acc: Mapping[str, Mapping[int, Sequence[float]]], vanilla: Sequence[flo
     ax.set_xticks(list(counts), [str(k) for k in counts])
     ax.set_xlabel("number of teachers")
     ax.set_ylabel("student test top-1 (%)")
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path, title)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    args.methods = [m for m in args.methods.split(",") if m]
-    unknown = set(args.methods) - set(METHODS)
-    if unknown:
-        raise SystemExit(f"unknown --methods {sorted(unknown)}: choose from {', '.join(METHODS)}")
+    args.methods = parse_methods(args.methods, METHODS)
     counts, seeds = parse_seeds(args.teacher_counts), parse_seeds(args.seeds)
     if max(counts) > args.n_teachers:
         raise SystemExit(f"--teacher_counts {args.teacher_counts} asks for more than --n_teachers {args.n_teachers}")

@@ -12,11 +12,12 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -234,6 +235,25 @@ def write_outputs(out: Path, table: str, summary: dict[str, Any], started: float
     print(table)
     print(f"wall-clock: {total / 60:.1f} min")
     return summary
+
+
+def save_figure(fig: Any, ax: Any, path: Path, title: str, legend_loc: str = "best") -> None:
+    """Title (wrapped to the figure's width), legend, tight layout; written as a PNG, then closed."""
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    ax.legend(fontsize=8, loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
+def parse_methods(text: str, known: Iterable[str]) -> list[str]:
+    """``--methods a,b``: the names, each one of ``known`` (else exit naming the choices)."""
+    known = list(known)
+    methods = [m for m in text.split(",") if m]
+    unknown = set(methods) - set(known)
+    if unknown:
+        raise SystemExit(f"unknown --methods {sorted(unknown)}: choose from {', '.join(known)}")
+    return methods
 
 
 def pyplot() -> Any:

@@ -20,7 +20,6 @@ import argparse
 import re
 import statistics
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from experiment_runs import (  # noqa: E402
+    parse_methods, save_figure,
     PY, Job, add_common_args, common_flags, last_test_acc, markdown_table, mean_std, parse_seeds, prepare_out,
     pyplot, run_jobs, subset_flag, write_outputs,
 )
@@ -109,19 +109,12 @@ def plot(acc: Mapping[str, Sequence[float]], teacher_acc: float, path: Path, tit
     ax.set_xticks(range(len(labels)), labels)
     ax.axhline(teacher_acc, color="0.3", linestyle="--", label=f"teacher ({TEACHER_VIEW})")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path, title)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    args.methods = [m for m in args.methods.split(",") if m]
-    unknown = set(args.methods) - set(METHODS)
-    if unknown:
-        raise SystemExit(f"unknown --methods {sorted(unknown)}: choose from {', '.join(METHODS)}")
+    args.methods = parse_methods(args.methods, METHODS)
     out = prepare_out(args.out)
     started = time.perf_counter()
     done = run_jobs(design(args, out), args.jobs, out / "logs")
