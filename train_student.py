@@ -176,7 +176,7 @@ def resolve_options(parser: argparse.ArgumentParser, opt: argparse.Namespace, re
     architecture its checkpoint (``teacher_states``, read here when not given) records, else its
     folder's name. ``require_teacher_file=False`` serves tools that build the networks without
     loading weights. With one teacher ``path_t``, ``model_t`` and ``input_t`` are single values,
-    with several, lists in the teachers' order (``helper.distill.as_list`` reads either)."""
+    with several, lists in the teachers' order (``helper.util.as_list`` reads either)."""
     if opt.model_s not in model_dict:
         parser.error(f"unknown --model_s {opt.model_s!r}; choose one of: {', '.join(model_dict)}")
     paths = as_list(opt.path_t)
