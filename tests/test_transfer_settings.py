@@ -152,9 +152,9 @@ def test_every_method_sums_one_term_per_teacher(name):
             single = DistillTask(student, teacher, method, term, 0.0, 0.0, 1.0, 4.0)
             for key, value in single(x, y, *extras).terms.items():
                 if key not in ("cls", "div"):
-                    expected[key] = expected.get(key, 0.0) + float(value)
+                    expected[key] = expected.get(key, 0.0) + float(value.detach())
         for key, value in expected.items():
-            assert float(out.terms[key]) == pytest.approx(value, rel=1e-4, abs=1e-6), key
+            assert float(out.terms[key].detach()) == pytest.approx(value, rel=1e-4, abs=1e-6), key
     with torch.no_grad():
         kd_expected = DistillKL(4.0)(student(x), [t(x) for t in teachers])
     assert float(out.terms["div"].detach()) == pytest.approx(float(kd_expected), rel=1e-4)
@@ -164,7 +164,7 @@ def test_every_method_sums_one_term_per_teacher(name):
         per_teacher = [method.init.loss(term, student(x, is_feat=True, preact=method.preact)[0],
                                         t(x, is_feat=True, preact=method.teacher_reads_preact)[0])
                        for term, t in zip(ensemble.terms, teachers)]
-        assert float(total) == pytest.approx(float(sum(per_teacher)), rel=1e-4)
+        assert float(total.detach()) == pytest.approx(float(sum(per_teacher).detach()), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------ label-free
