@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from experiment_runs import (  # noqa: E402
-    parse_methods, save_figure,
+    add_stage_args, parse_methods, save_figure,
     PY, Job, JobResult, add_common_args, common_flags, last_test_acc, markdown_table, mean_std, parse_seeds,
     prepare_out, pyplot, run_jobs, subset_flag, write_outputs,
 )
@@ -48,16 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p, out="crossmodal_experiment", seeds="0")
     p.add_argument("--teacher", default="resnet14")
     p.add_argument("--student", default="resnet8")
-    p.add_argument("--teacher_epochs", type=int, default=4)
-    p.add_argument("--teacher_decay", default="3", help="--lr_decay_epochs of the teacher")
-    p.add_argument("--teacher_subset", type=int, default=0, help="the teacher trains on the first N images (0: all)")
-    p.add_argument("--student_epochs", type=int, default=3)
-    p.add_argument("--student_decay", default="2", help="--lr_decay_epochs of the students")
-    p.add_argument("--student_subset", type=int, default=20000, help="students train on the first N images (0: all)")
-    p.add_argument("--probe_epochs", type=int, default=2)
-    p.add_argument("--probe_decay", default="1", help="--lr_decay_epochs of the linear probes")
-    p.add_argument("--probe_subset", type=int, default=0,
-                   help="probes train on the first N images (0: all); they test on the full test set")
+    add_stage_args(p, "teacher", epochs=4, decay="3", subset=0, who="teacher")
+    add_stage_args(p, "student", epochs=3, decay="2", subset=20000, who="students and the supervised baseline")
+    add_stage_args(p, "probe", epochs=2, decay="1", subset=0, who="linear probes")  # tested on the full test set
     p.add_argument("--methods", default=",".join(BETAS), help=f"subset of {','.join(BETAS)}")
     return p
 

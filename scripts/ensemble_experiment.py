@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from experiment_runs import (  # noqa: E402
-    parse_methods, save_figure,
+    add_stage_args, parse_methods, save_figure,
     MISSING, PY, Job, JobResult, add_common_args, common_flags, last_test_acc, markdown_table, mean_std,
     parse_seeds, prepare_out, pyplot, run_jobs, subset_flag, write_outputs,
 )
@@ -51,12 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default="resnet8")
     p.add_argument("--n_teachers", type=int, default=4, help="teachers trained (seeds 0..n-1, trials 1..n)")
     p.add_argument("--teacher_counts", default="1,2,4", help="students learn from the first N teachers, for each N")
-    p.add_argument("--teacher_epochs", type=int, default=3)
-    p.add_argument("--teacher_decay", default="2", help="--lr_decay_epochs of the teachers")
-    p.add_argument("--teacher_subset", type=int, default=25000, help="teachers train on the first N images (0: all)")
-    p.add_argument("--student_epochs", type=int, default=3)
-    p.add_argument("--student_decay", default="2", help="--lr_decay_epochs of the students")
-    p.add_argument("--student_subset", type=int, default=15000, help="students train on the first N images (0: all)")
+    add_stage_args(p, "teacher", epochs=3, decay="2", subset=25000, who="teachers")
+    add_stage_args(p, "student", epochs=3, decay="2", subset=15000, who="students")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     return p
 

@@ -125,6 +125,16 @@ def add_common_args(p: Any, out: str, seeds: str) -> None:
     p.add_argument("--no_plots", action="store_true", help="skip the figure (no matplotlib needed)")
 
 
+def add_stage_args(p: Any, stage: str, epochs: int, decay: str, subset: int, who: str) -> None:
+    """The size flags of one stage of an experiment (``teacher``, ``student``, ``probe``):
+    ``--<stage>_epochs``, ``--<stage>_decay`` (its ``--lr_decay_epochs``) and ``--<stage>_subset``
+    (the first N training images; 0: all). ``who`` names the stage's runs in the help."""
+    p.add_argument(f"--{stage}_epochs", type=int, default=epochs, help=f"epochs of the {who} (default: %(default)s)")
+    p.add_argument(f"--{stage}_decay", default=decay, help=f"--lr_decay_epochs of the {who} (default: %(default)s)")
+    p.add_argument(f"--{stage}_subset", type=int, default=subset,
+                   help=f"training images of the {who}: the first N, 0 for all (default: %(default)s)")
+
+
 def parse_seeds(text: str) -> list[int]:
     """``--seeds 0,1,2`` as integers."""
     return [int(s) for s in text.split(",") if s.strip()]

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from experiment_runs import (  # noqa: E402
-    parse_methods, save_figure,
+    add_stage_args, parse_methods, save_figure,
     PY, Job, add_common_args, common_flags, last_test_acc, markdown_table, mean_std, parse_seeds, prepare_out,
     pyplot, run_jobs, subset_flag, write_outputs,
 )
@@ -56,12 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default="resnet8")
     p.add_argument("--student_input", type=student_view, default="lowres:8",
                    help="the students' view: lowres:N (NxN, scaled back) or gray")
-    p.add_argument("--teacher_epochs", type=int, default=5)
-    p.add_argument("--teacher_decay", default="4", help="--lr_decay_epochs of the teacher")
-    p.add_argument("--teacher_subset", type=int, default=0, help="the teacher trains on the first N images (0: all)")
-    p.add_argument("--student_epochs", type=int, default=3)
-    p.add_argument("--student_decay", default="2", help="--lr_decay_epochs of the students")
-    p.add_argument("--student_subset", type=int, default=20000, help="students train on the first N images (0: all)")
+    add_stage_args(p, "teacher", epochs=5, decay="4", subset=0, who="teacher")
+    add_stage_args(p, "student", epochs=3, decay="2", subset=20000, who="students")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     return p
 
