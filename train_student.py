@@ -44,7 +44,7 @@ from kdzoo.helper.options import add_training_args, check_device_options, parse_
 from kdzoo.helper.options import apply_threads, given_flags
 from kdzoo.helper.summary import distillation_rows, log_summary
 from kdzoo.helper.trainer import prepare_run, run_training
-from kdzoo.helper.util import as_list
+from kdzoo.helper.util import as_list, per_teacher
 from kdzoo.models import model_dict
 
 
@@ -223,8 +223,7 @@ def build_teachers(opt: argparse.Namespace, states: list[dict[str, Any]], n_cls:
 
 def teacher_views(opt: argparse.Namespace) -> list[str]:
     """The input view of each teacher, in ``--path_t`` order."""
-    views = as_list(opt.input_t)
-    return views * len(as_list(opt.path_t)) if len(views) == 1 else views
+    return per_teacher(opt.input_t, len(as_list(opt.path_t)))
 
 
 def evaluate_teachers(opt: argparse.Namespace, teachers: list[nn.Module], views_t: list[InputView], setup: Any,

@@ -7,7 +7,7 @@ from typing import Any, Collection, Sequence
 import torch
 
 from .precision import Precision, cpu_has_fast_bfloat16
-from .util import as_list
+from .util import as_list, per_teacher
 
 # A summary row: label, value, and the flag destinations that set the value (empty: no mark).
 Row = tuple[str, str, tuple[str, ...]]
@@ -78,14 +78,13 @@ def distillation_rows(opt: Any, method: Any, main_term: bool, resumed: bool,
     a term to the distillation loss (KD alone has none; AB and FSP use theirs in the init stage
     only); ``trains_classifier=False``: label-free distillation (``-r 0 -a 0``)."""
     paths, names = as_list(opt.path_t), as_list(opt.model_t)
-    views_t = as_list(getattr(opt, "input_t", None) or "rgb")
-    views_t = views_t * len(paths) if len(views_t) == 1 else views_t
+    views_t = per_teacher(getattr(opt, "input_t", None) or "rgb", len(paths))
     loss = f"{opt.gamma:g} * cls + {opt.alpha:g} * div"
     names_text = "cls: cross-entropy, div: KD term at the temperature below"
     if main_term:
-        per_teacher = f", summed over the {len(paths)} teachers" if len(paths) > 1 else ""
+        summed = f", summed over the {len(paths)} teachers" if len(paths) > 1 else ""
         loss += f" + {opt.beta:g} * kd"
-        names_text += f", kd: {method.name}'s term{per_teacher}"
+        names_text += f", kd: {method.name}'s term{summed}"
     if len(paths) == 1:
         teacher_rows: list[Row] = [("teacher", f"{names[0]} from {paths[0]}", ("model_t",))]
     else:

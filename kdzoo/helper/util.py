@@ -105,3 +105,10 @@ def as_list(value: Any) -> list[Any]:
     """A per-teacher option as a list: several teachers give a list (or tuple), one teacher its
     single value."""
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def per_teacher(value: Any, n: int) -> list[Any]:
+    """A per-teacher option as one value per teacher: a single value (how a recorded option holds
+    a value shared by every teacher) is repeated ``n`` times, a list is one value per teacher."""
+    values = as_list(value)
+    return values * n if len(values) == 1 else values
