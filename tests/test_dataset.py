@@ -20,7 +20,6 @@ from PIL import Image
 
 from fakedata import make_image_tree, read_fake_split, write_cifar_split, write_fake_cifar
 
-import kdzoo.dataset.sampling as sampling
 from kdzoo.dataset import (
     CIFAR100Batched,
     CIFAR100Instance,
@@ -597,18 +596,35 @@ def test_k_above_pool_falls_back_to_replacement_without_same_class():
     others = set((labels != 2).nonzero().flatten().tolist())
     big = out[labels == 2, 1:]
     assert set(big.flatten().tolist()) == others  # all six used, with repeats
-    # small classes: 50 from a pool of 201/205 is still drawn (with replacement for the whole batch)
-    assert out[labels != 2, 1:].numel() == 6 * 50
+    # small classes: 50 of a pool of 201/205 are distinct, as the reference decides per sample
+    small = labels != 2
+    check_negatives(labels, index[small], out[small], 50, distinct=True)
 
 
-def test_draw_budget_overflow_path_still_other_class(monkeypatch):
+def test_imagenet_sized_pool_draws_distinct_negatives():
+    """K = 16,384 of a pool of 1.2 million (ImageNet's size) is drawn without replacement too."""
     torch.manual_seed(3)
-    monkeypatch.setattr(sampling, "_EXACT_DRAW_BUDGET", 0)
-    labels = _labels_of_sizes([10, 10, 10])
-    s = ContrastiveSampler(labels, k=8)
-    index = torch.arange(30).repeat(5)
+    labels = torch.arange(1_200_000) % 2
+    s = ContrastiveSampler(labels, k=16384)
+    index = torch.tensor([0, 1, 2, 3])
     out = s.sample(index, labels[index])
-    check_negatives(labels, index, out, 8, distinct=False)
+    assert out.shape == (4, 16385)
+    for row, i in zip(out, index.tolist()):
+        negatives = row[1:]
+        assert negatives.unique().numel() == 16384
+        assert (labels[negatives] != labels[i]).all()
+
+
+def test_draws_follow_torch_seed():
+    labels = _labels_of_sizes([20, 20, 20])
+    s = ContrastiveSampler(labels, k=8, mode="relax")
+    index = torch.arange(60)
+    draws = []
+    for seed in (11, 11, 12):
+        torch.manual_seed(seed)
+        draws.append(s.sample(index, labels[index]))
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[2])
 
 
 def test_mixed_batch_masks_pools_of_different_sizes():

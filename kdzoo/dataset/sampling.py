@@ -3,17 +3,19 @@
 For a sample of class ``y`` the reference CRD dataset returns ``sample_idx = [positive, K negatives]``:
 the positive is the sample itself (``mode='exact'``) or a random sample of class ``y``
 (``mode='relax'``); the negatives are K distinct samples of other classes (drawn with replacement
-only when fewer than K exist). This module does the same for a whole batch with tensor ops, for any
-class balance.
+only when fewer than K exist). This module does the same for a whole batch, for any class balance.
+
+The draws come from numpy's ``Generator.choice(n, K, replace=False)`` row by row (Floyd's algorithm
+or a partial shuffle, O(K) or O(n) per row): torch has no batched sampler without replacement but
+``multinomial``/``rand().topk``, which cost O(n log K) per row and were 4-5x slower on CIFAR-100
+(64 rows of 16,384 from 49,500: 11 ms against 51 ms on one CPU thread). Each batch's numpy generator
+is seeded from torch's generator, so a run's draws follow ``torch.manual_seed`` (and each
+DataLoader worker's seed) as the rest of the data pipeline does.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
-
-# Above this many random keys per batch (rows x candidates), negatives are drawn with replacement:
-# that only happens for ImageNet-sized pools, where K is a tiny fraction of the candidates and
-# repeats are rare anyway (K=16384 of 1.27M: ~1% of draws).
-_EXACT_DRAW_BUDGET = 1 << 23
 
 
 class ContrastiveSampler:
@@ -41,50 +43,40 @@ class ContrastiveSampler:
             raise ValueError("contrastive sampling needs at least two classes with samples")
         self.k, self.mode = k, mode
         # Samples sorted by class: class c occupies order[start[c] : start[c] + counts[c]].
-        self.order = torch.argsort(labels, stable=True)
-        self.counts = counts
-        self.start = torch.cumsum(counts, 0) - counts
-        self.n = labels.numel()
-        self.pool_size = self.n - counts  # negatives available to each class
-        self.subset: torch.Tensor | None = None
+        self.order = torch.argsort(labels, stable=True).numpy()
+        self.counts = counts.numpy()
+        self.start = self.counts.cumsum() - self.counts
+        self.pool_size = labels.numel() - self.counts  # negatives available to each class
+        self.subset: np.ndarray | None = None
         if percent < 1.0:
             # A fixed random subset of each class's negatives, the same size for every class.
-            size = int(self.pool_size.min().item() * percent)
+            size = int(self.pool_size.min() * percent)
             if size < 1:
                 raise ValueError(f"percent={percent} leaves no negatives")
             self.subset = torch.stack(
                 [torch.randperm(int(self.pool_size[c]))[:size] for c in range(n_classes)]
-            )
-            self.pool_size = torch.full_like(counts, size)
-
-    def _pool_to_index(self, position: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Map positions in the negative pool of ``target`` (shape (B, K)) to dataset indices."""
-        if self.subset is not None:
-            position = self.subset[target.unsqueeze(1), position]
-        start = self.start[target].unsqueeze(1)
-        # The pool of class y is every sorted slot except y's own block: skip over that block.
-        slot = torch.where(position < start, position, position + self.counts[target].unsqueeze(1))
-        return self.order[slot]
-
-    def _draw_positions(self, target: torch.Tensor) -> torch.Tensor:
-        pool = self.pool_size[target]
-        widest = int(pool.max())
-        if self.k <= int(pool.min()) and target.numel() * widest <= _EXACT_DRAW_BUDGET:
-            # K distinct positions per row: the K smallest of uniform keys, with the keys beyond
-            # a row's pool size pushed out of reach.
-            keys = torch.rand(target.numel(), widest)
-            keys.masked_fill_(torch.arange(widest) >= pool.unsqueeze(1), 2.0)
-            return keys.topk(self.k, dim=1, largest=False, sorted=False).indices
-        return (torch.rand(target.numel(), self.k) * pool.unsqueeze(1)).long()
+            ).numpy()
+            self.pool_size = np.full_like(self.counts, size)
 
     def sample(self, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``sample_idx`` of shape (B, K+1): the positive, then K negatives from other classes."""
-        index = torch.as_tensor(index, dtype=torch.long)
-        target = torch.as_tensor(target, dtype=torch.long)
+        """``sample_idx`` of shape (B, K+1): the positive, then K negatives from other classes.
+
+        Negatives are distinct where the class's pool holds at least K samples and drawn with
+        replacement otherwise, decided per sample as the reference does."""
+        index = torch.as_tensor(index, dtype=torch.long).numpy()
+        target = torch.as_tensor(target, dtype=torch.long).numpy()
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        out = np.empty((len(target), self.k + 1), dtype=np.int64)
         if self.mode == "exact":
-            positive = index
+            out[:, 0] = index
         else:
-            offset = (torch.rand(target.numel()) * self.counts[target]).long()
-            positive = self.order[self.start[target] + offset]
-        negatives = self._pool_to_index(self._draw_positions(target), target)
-        return torch.cat([positive.unsqueeze(1), negatives], dim=1)
+            out[:, 0] = self.order[self.start[target] + rng.integers(0, self.counts[target])]
+        for row, c in enumerate(target.tolist()):
+            pool = int(self.pool_size[c])
+            position = rng.choice(pool, self.k, replace=self.k > pool)
+            if self.subset is not None:
+                position = self.subset[c, position]
+            # The pool of class c is every class-sorted slot except c's own block: skip over that block.
+            position += self.counts[c] * (position >= self.start[c])
+            np.take(self.order, position, out=out[row, 1:])
+        return torch.from_numpy(out)
