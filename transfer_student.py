@@ -31,7 +31,7 @@ from kdzoo.helper.checkpoint import (
 from kdzoo.helper.distributed import DistEnv, init_distributed
 from kdzoo.helper.loops import StepOutput
 from kdzoo.helper.options import add_training_args, check_device_options, default_learning_rate
-from kdzoo.helper.autotune import run_precision
+from kdzoo.helper.autotune import choose_workers, run_precision
 from kdzoo.helper.options import apply_threads, given_flags
 from kdzoo.helper.summary import log_summary
 from kdzoo.helper.trainer import RunSetup, load_resume_state, new_seed, open_run_dir, prepare_run_dir, run_training
@@ -146,6 +146,7 @@ def prepare_transfer_run(opt: argparse.Namespace, env: DistEnv,
     seed = resume_state["seed"] if resume_state else (opt.seed if opt.seed is not None else new_seed())
     seed_everything(seed)
     run_dir = prepare_run_dir(opt.save_folder, run_name(opt), opt.resume)
+    choose_workers(opt, env.device, resume_state)
     train_set, test_set = transfer_splits(
         opt.dataset, opt.data_folder, opt.image_size, normalization, opt.train_subset, opt.test_subset,
         num_workers=opt.num_workers, download=opt.download, uint8=True,

@@ -8,8 +8,10 @@ CIFAR-100 in ``--data_folder``, written as a small CIFAR-100 folder, since the r
 a subset), the same teacher file (``--path_t``, or a freshly initialised teacher of ``--teacher``:
 the same arithmetic, so the same time) and the same flags, with one epoch each, in interleaved rounds
 (the order alternating every round, so a drift in the machine's load hits both), each in its own
-process with ``OMP_NUM_THREADS=--threads``. Timed: the whole process (start-up, teacher evaluation,
-this project's layout measurement, the epoch, the test pass, checkpoints) and the training epoch
+process with ``OMP_NUM_THREADS=--threads``. ``--num_workers`` is the reference's DataLoader worker
+count; this project runs at its own default (``--num_workers auto``) unless ``--ours_flags`` gives
+one. Timed: the whole process (start-up, teacher evaluation, this project's layout measurement, the
+epoch, the test pass, checkpoints) and the training epoch
 alone (what each program reports: the reference prints it, this project logs it in metrics.jsonl).
 Prints the per-round seconds and the speed-up (reference time / this project's time): median and
 range over the rounds.
@@ -195,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train_subset", type=int, default=6400)
     parser.add_argument("--test_subset", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=1)
+    parser.add_argument("--num_workers", type=int, default=1,
+                        help="the reference's DataLoader workers; this project keeps its default, --num_workers auto, "
+                             "unless --ours_flags sets it")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both programs")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ours_flags", default="", help="extra flags for this project only, e.g. --no-channels_last")
@@ -214,18 +218,18 @@ def main(argv: list[str] | None = None) -> dict:
         applied = patched_reference(args.reference.resolve(), reference, data)
         path_t = args.path_t.resolve() if args.path_t else make_teacher(args.teacher, work / "teachers")
         common = ["--path_t", str(path_t), "--model_s", args.student, "--distill", args.distill, "-r", gamma,
-                  "-a", alpha, "-b", beta, "--epochs", "1", "--batch_size", str(args.batch_size),
-                  "--num_workers", str(args.num_workers)]
+                  "-a", alpha, "-b", beta, "--epochs", "1", "--batch_size", str(args.batch_size)]
         threads = str(args.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": ""}
         commands = {
-            "reference": ([sys.executable, "train_student.py", *common], reference),
+            "reference": ([sys.executable, "train_student.py", *common, "--num_workers", str(args.num_workers)],
+                          reference),
             "ours": ([sys.executable, str(ROOT / "train_student.py"), *common, "--data_folder", str(data),
                       "--device", "cpu", "--seed", "0", *args.ours_flags.split()], ROOT),
         }
         print(f"CPU: {cpu_model()} ({os.cpu_count()} cores), OMP_NUM_THREADS={threads}, "
               f"{args.train_subset} train / {args.test_subset} test images, batch {args.batch_size}, "
-              f"--num_workers {args.num_workers}")
+              f"the reference's --num_workers {args.num_workers}")
         print("reference patches (on a temporary copy): " + ("; ".join(applied) or "none needed"))
         for name, (cmd, cwd) in commands.items():
             print(f"{name}: (cd {cwd} && OMP_NUM_THREADS={threads} {' '.join(cmd)})")

@@ -12,7 +12,15 @@ import torch
 
 import train_student
 from fakedata import write_fake_cifar
-from kdzoo.helper.autotune import AUTO, LayoutChoice, measure_layouts, parse_layout
+from kdzoo.helper.autotune import (
+    AUTO,
+    LayoutChoice,
+    auto_workers,
+    choose_workers,
+    measure_layouts,
+    parse_layout,
+    parse_workers,
+)
 from kdzoo.helper.checkpoint import load_checkpoint
 from kdzoo.helper.logger import read_metrics
 from kdzoo.helper.options import add_training_args
@@ -135,3 +143,86 @@ def test_a_resumed_auto_run_keeps_its_layout(setup, tmp_path, capsys):
     assert first["opt"]["channels_last"] is True
     assert "memory layout channels_last (resumed)" in capsys.readouterr().out
     assert load_checkpoint(path)["opt"]["channels_last"] is True
+
+
+# ----------------------------------------------------------------------------------------------------
+# --num_workers auto
+# ----------------------------------------------------------------------------------------------------
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_workers_flag_defaults_to_auto_and_takes_counts():
+    assert parse().num_workers == AUTO
+    assert parse("--num_workers", "3").num_workers == 3
+    assert parse("--num_workers", "0").num_workers == 0
+    assert parse("--num_workers", "AUTO").num_workers == AUTO
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="auto or a count"):
+            parse_workers(bad)
+
+
+@pytest.mark.parametrize("device, threads, processes, cpus, expected", [
+    (CPU, 2, 1, 2, 0),    # the step's threads take both cores: load in the main process
+    (CPU, 1, 1, 2, 1),    # one core left free
+    (CPU, 1, 2, 2, 0),    # two torchrun processes of one thread each on two cores
+    (CPU, 4, 1, 16, 8),   # twelve free cores, capped at eight
+    (CPU, 6, 1, 10, 4),
+    (CPU, 8, 1, 4, 0),    # more threads than cores
+    (CUDA, 16, 1, 16, 8),  # the device computes: the host's cores load, as many as the reference's default
+    (CUDA, 1, 4, 16, 4),   # four processes share sixteen cores
+    (CUDA, 1, 1, 1, 1),
+])
+def test_auto_workers_gives_the_loader_the_cores_the_step_leaves(device, threads, processes, cpus, expected):
+    workers, how = auto_workers(device, threads, processes, cpus)
+    assert workers == expected
+    assert how.startswith(device.type)
+
+
+def test_workers_choice_is_recorded_forced_or_resumed():
+    opt = argparse.Namespace(num_workers=AUTO)
+    choice = choose_workers(opt, CPU)
+    assert opt.num_workers == choice.num_workers == auto_workers(CPU, torch.get_num_threads())[0]
+    assert opt.autotune["num_workers"] == {"num_workers": choice.num_workers, "how": choice.how}
+    opt = argparse.Namespace(num_workers=5, autotune={"channels_last": {"how": "forced"}})
+    assert choose_workers(opt, CPU).how == "forced" and opt.num_workers == 5
+    assert opt.autotune["channels_last"] == {"how": "forced"}  # the other choices are kept
+    opt = argparse.Namespace(num_workers=AUTO)
+    assert choose_workers(opt, CPU, {"opt": {"num_workers": 3}}).how == "resumed" and opt.num_workers == 3
+    opt = argparse.Namespace(num_workers=2)  # a count given on resume wins over the recorded one
+    assert choose_workers(opt, CPU, {"opt": {"num_workers": 3}}).num_workers == 2
+
+
+def test_an_auto_run_records_and_prints_its_workers(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("kdzoo.helper.autotune.usable_cpus", lambda: torch.get_num_threads() + 1)
+    data, teacher = setup
+    result = train_student.main([
+        "--path_t", str(teacher), "--model_s", "resnet8", "--distill", "crd", "--data_folder", str(data),
+        "--save_folder", str(tmp_path), "--device", "cpu", "--batch_size", "16", "--epochs", "1", "--seed", "3",
+        "--print_freq", "1000"])
+    state = load_checkpoint(Path(result["run_dir"]) / "resnet8_last.pth")
+    assert state["opt"]["num_workers"] == 1  # one core left free by the step's threads
+    assert state["opt"]["autotune"]["num_workers"]["how"].startswith("cpu: 1 of")
+    assert "data loading    1 DataLoader worker (cpu: 1 of" in capsys.readouterr().out
+
+
+def test_workers_change_where_batches_load_not_what_they_hold(tmp_path):
+    """The same epoch through 0 and 2 workers: identical images, targets and indices; the contrastive
+    negatives come from each loading process's generator, so only their rule is checked."""
+    from kdzoo.dataset import build_datasets, build_loaders
+
+    data = write_fake_cifar(tmp_path / "data", n_train=48, n_test=8)
+    train_set, test_set = build_datasets("cifar100", data, view="sample", k=5, uint8=True)
+    epochs = []
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        loader = build_loaders(train_set, test_set, 16, workers, seed=1)[0]
+        loader.sampler.set_epoch(1)
+        train_set.set_epoch(1, seed=1)
+        epochs.append(list(loader))
+    labels = train_set.labels
+    for (img0, y0, i0, s0), (img2, y2, i2, s2) in zip(*epochs):
+        assert torch.equal(img0, img2) and torch.equal(y0, y2) and torch.equal(i0, i2)
+        for s in (s0, s2):
+            assert torch.equal(s[:, 0], i0)
+            assert (labels[s[:, 1:]] != y0.unsqueeze(1)).all()

@@ -1,4 +1,8 @@
-"""Exact-fp32 speed choices made by measurement at the start of a run.
+"""Exact-fp32 speed choices made at the start of a run.
+
+``--num_workers auto`` (the default) gives the DataLoader the CPU cores the training step leaves
+free (see :func:`auto_workers`); it changes where batches are loaded, never what they hold, except
+that contrastive negatives are drawn from the generator of the process that loads them.
 
 ``--channels_last auto`` (the default) times a few full training steps of the run's own task
 (networks, method, batch size, device) in both memory layouts and keeps the faster. Both layouts
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -34,6 +39,95 @@ MARGIN = 0.03
 # unmeasured. The rule depends on the run's length only, never on timings, so such runs stay
 # repeatable bit for bit.
 MIN_RUN_STEPS = 100
+
+
+# The most DataLoader workers ``--num_workers auto`` starts (the reference's default count).
+MAX_WORKERS = 8
+
+
+def parse_workers(value: str) -> str | int:
+    """``--num_workers auto|N``."""
+    if str(value).lower() == AUTO:
+        return AUTO
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise argparse.ArgumentTypeError(f"--num_workers takes auto or a count of 0 or more, not {value!r}")
+    return workers
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. under taskset or a container's
+    cpuset), else every core."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(device: torch.device, threads: int, processes_per_node: int = 1,
+                 cpus: int | None = None) -> tuple[int, str]:
+    """``--num_workers auto``: the worker count and the reason, from where the step runs.
+
+    * On an accelerator the step runs beside the host, so the host's cores load the next batches:
+      ``min(8, cores per process)`` workers, as the reference's default.
+    * On the CPU the step's ``threads`` already occupy that many cores. Workers get only the cores
+      left over (``cores per process - threads``, at most 8), and none when the step takes every
+      core: loading a batch then runs in the main process between steps, instead of worker
+      processes taking turns with the step's threads on the same cores (every thread of a step
+      waits for its slowest one) and being started again every epoch. The figures behind the rule
+      are in ``docs/performance.md``.
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    per_process = max(1, cpus // max(1, processes_per_node))
+    cores = _count(per_process, "core") + (" per process" if processes_per_node > 1 else "")
+    if device.type != "cpu":
+        workers = min(MAX_WORKERS, per_process)
+        return workers, f"{device.type}: {workers} of {cores} load batches while the device computes"
+    workers = max(0, min(MAX_WORKERS, per_process - threads))
+    if workers == 0:
+        return 0, f"cpu: no core left free by the step's {_count(threads, 'thread')} ({cores}); batches load in the main process"
+    return workers, f"cpu: {workers} of {cores} left free by the step's {_count(threads, 'thread')}"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+@dataclass
+class WorkersChoice:
+    """The DataLoader workers a run uses and how they were chosen."""
+
+    num_workers: int
+    how: str  # "forced", "resumed", or auto_workers' reason
+
+    def describe(self) -> str:
+        return f"{_count(self.num_workers, 'DataLoader worker')} ({self.how})"
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_workers(opt: argparse.Namespace, device: torch.device,
+                   resume_state: dict[str, Any] | None = None) -> WorkersChoice:
+    """Resolve ``opt.num_workers`` to a count (in place, with ``opt.autotune['num_workers']``, so the
+    checkpoint's options record it). A resumed ``auto`` run keeps its recorded count: contrastive
+    negatives are drawn by whichever process loads a batch, so the count is part of what a resumed
+    run replays."""
+    value = opt.num_workers
+    recorded = (resume_state or {}).get("opt", {}).get("num_workers")
+    if value == AUTO and isinstance(recorded, int) and not isinstance(recorded, bool):
+        choice = WorkersChoice(recorded, "resumed")
+    elif value == AUTO:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        choice = WorkersChoice(*auto_workers(device, torch.get_num_threads(), processes))
+    else:
+        choice = WorkersChoice(int(value), "forced")
+    opt.num_workers = choice.num_workers
+    opt.autotune = {**(getattr(opt, "autotune", None) or {}), "num_workers": choice.record()}
+    return choice
 
 
 def parse_layout(value: str) -> str | bool:
@@ -179,7 +273,7 @@ def choose_layout(opt: argparse.Namespace, task: nn.Module, train_loader: Any, n
     else:
         choice = LayoutChoice(bool(value), "forced")
     opt.channels_last = choice.channels_last
-    opt.autotune = {"channels_last": choice.record()}
+    opt.autotune = {**(getattr(opt, "autotune", None) or {}), "channels_last": choice.record()}
     log(choice.describe())
     return choice
 

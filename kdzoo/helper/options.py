@@ -3,7 +3,6 @@ and the per-dataset training recipes they fall back on."""
 from __future__ import annotations
 
 import argparse
-import os
 import textwrap
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -11,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from .checkpoint import TRUST_FLAG
-from .autotune import add_layout_args
+from .autotune import add_layout_args, parse_workers
 from .util import parse_decay_epochs, positive_float, positive_int
 
 # The reference trains these with lr 0.01 instead of 0.05.
@@ -85,8 +84,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--batch_size", type=positive_int, default=cifar.batch_size,
                    help=f"global batch size, split over torchrun processes (default {cifar.batch_size}; "
                         f"imagenet: {imagenet.batch_size})")
-    g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="DataLoader worker processes (default: 8, or fewer CPU cores)")
+    g.add_argument("--num_workers", type=parse_workers, default="auto", metavar="auto|N",
+                   help="DataLoader worker processes; auto (default): on CPU the cores the training threads "
+                        "leave free (none when they use every core: batches then load in the main process), "
+                        "on CUDA min(8, CPU cores)")
     g.add_argument("--epochs", type=positive_int, default=cifar.epochs,
                    help=f"default {cifar.epochs}; imagenet: {imagenet.epochs}")
     g.add_argument("--learning_rate", type=positive_float, default=None,

@@ -6,6 +6,7 @@ from typing import Any, Collection, Sequence
 
 import torch
 
+from .autotune import WorkersChoice
 from .precision import Precision, cpu_has_fast_bfloat16
 from .util import as_list, per_teacher
 
@@ -42,6 +43,11 @@ def _precision_text(precision: Precision) -> str:
                                                      ("compiled", precision.compile)) if on])
 
 
+def _workers_text(opt: Any) -> str:
+    choice = (getattr(opt, "autotune", None) or {}).get("num_workers")
+    return WorkersChoice(**choice).describe() if choice else f"{opt.num_workers} DataLoader workers"
+
+
 def training_rows(opt: Any, setup: Any, precision: Precision) -> list[Row]:
     """The shared flags as resolved for this run (``setup``: :class:`helper.trainer.RunSetup`)."""
     env, loader = setup.env, setup.train_loader
@@ -67,6 +73,7 @@ def training_rows(opt: Any, setup: Any, precision: Precision) -> list[Row]:
         ("device", f"{env.device}{processes}", ("device",)),
         ("threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op "
                     f"per process", ("threads",)),
+        ("data loading", _workers_text(opt), ("num_workers",)),
         ("precision", _precision_text(precision), ("amp", "channels_last", "compile")),
     ]
 

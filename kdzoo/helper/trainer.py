@@ -26,6 +26,7 @@ from .checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from .autotune import choose_workers
 from .distributed import DistEnv, any_rank, broadcast_buffers, cleanup
 from .logger import RunLogger
 from .loops import NonFiniteLossError, RunClock, StepOutput, evaluate, train_epoch
@@ -144,6 +145,7 @@ def prepare_run(opt: Any, env: DistEnv, run_name: str, view: str = "plain", **vi
     # Models are built after this, so their initial weights follow the seed too.
     seed_everything(seed)
     run_dir = prepare_run_dir(opt.save_folder, run_name, opt.resume)
+    choose_workers(opt, env.device, resume_state)
     train_set, test_set = build_datasets(
         opt.dataset, opt.data_folder, view=view, train_limit=opt.train_subset, test_limit=opt.test_subset,
         image_size=getattr(opt, "image_size", None), uint8=True, **view_args
