@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BOUND = "bound"
+PROFILE_ROWS = 8
 
 
 def _sync(device) -> None:
@@ -100,10 +101,8 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
 
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = precision.grad_scaler()
-    times = []
-    for i in range(args.warmup + args.steps):
-        _sync(device)
-        start = time.perf_counter()
+
+    def train_step() -> torch.Tensor:
         with precision.autocast():
             loss = step()
         optimizer.zero_grad(set_to_none=True)
@@ -114,6 +113,13 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+        return loss
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        _sync(device)
+        start = time.perf_counter()
+        loss = train_step()
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
@@ -124,8 +130,28 @@ def measure(args: argparse.Namespace, method_name: str) -> dict:
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     median = statistics.median(times)
-    return {"method": method_name, "step_ms": 1000 * median, "images_per_sec": batch / median,
-            "peak_mb": peak_mb, "device": str(device), "steps": args.steps}
+    result = {"method": method_name, "step_ms": 1000 * median, "images_per_sec": batch / median,
+              "peak_mb": peak_mb, "device": str(device), "steps": args.steps}
+    if args.profile:
+        result["profile"] = profile_steps(train_step, args.profile, device)
+    return result
+
+
+def profile_steps(train_step, steps: int, device, top: int = PROFILE_ROWS) -> list[dict]:
+    """The ``top`` operators by self time over ``steps`` more steps under ``torch.profiler``
+    (CPU time; device time on CUDA), each as milliseconds per step and share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])) as prof:
+        for _ in range(steps):
+            train_step()
+        _sync(device)
+    events = prof.key_averages()
+    own = (lambda e: e.self_device_time_total) if on_cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(own(e) for e in events) or 1.0
+    ranked = sorted(events, key=own, reverse=True)[:top]
+    return [{"op": e.key, "ms_per_step": own(e) / 1000 / steps, "share": own(e) / total} for e in ranked]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -147,6 +173,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="fold the teacher's batch norms, as train_student.py does by default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile this many more steps of each method (torch.profiler) and print "
+                             f"its {PROFILE_ROWS} costliest operators by self time")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
 
@@ -182,6 +211,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         label = "compute bound (networks + CE only)" if r["method"] == BOUND else r["method"]
         print(f"| {label} | {r['step_ms']:.0f} | {r['images_per_sec']:.0f} | {r['step_ms'] / reference['step_ms']:.2f} "
               f"| {r['peak_mb']:.0f} | {r['peak_mb'] / reference['peak_mb']:.2f} |")
+    if args.profile:
+        for r in results:
+            print(f"\n{r['method']}: the costliest operators by self {'CUDA' if r['device'].startswith('cuda') else 'CPU'} "
+                  f"time, {args.profile} profiled step(s)\n")
+            print("| operator | ms per step | share |")
+            print("|---|---:|---:|")
+            for row in r["profile"]:
+                print(f"| {row['op']} | {row['ms_per_step']:.1f} | {100 * row['share']:.1f}% |")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": {k: v for k, v in vars(args).items() if k != "single"},
                                                "results": results}, indent=2))

@@ -3,6 +3,7 @@ independently of the implementations, the registry rows and the warm-up of the t
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 from statistics import NormalDist
 
@@ -12,7 +13,11 @@ import torch
 import torch.nn as nn
 
 from kdzoo.distiller_zoo import ABF, KDSVD, OFDLoss, ReviewKD, hcl_loss, ofd_margin
-from kdzoo.distiller_zoo.KDSVD import _TopRightSingularVectors, align_singular_vectors
+from kdzoo.distiller_zoo.KDSVD import (
+    _TopRightSingularVectors,
+    align_singular_vectors,
+    singular_values_and_right_vectors,
+)
 from kdzoo.distiller_zoo.OFD import partial_l2
 from kdzoo.distiller_zoo.registry import METHODS
 from kdzoo.helper.distill import DistillTask, build_term, fold_teacher_batchnorm
@@ -272,6 +277,36 @@ def test_kdsvd_matches_a_loop_reformulation(k):
     assert ours == pytest.approx(_kdsvd_loops([m.numpy() for m in maps_s], [m.numpy() for m in maps_t], k),
                                  rel=1e-5)
     assert ours > 0
+
+
+@pytest.mark.parametrize("rows, channels", [(1024, 16), (1024, 64), (256, 32), (256, 128), (64, 64), (64, 256),
+                                            (16, 3)])
+def test_svd_through_qr_equals_the_direct_svd_bit_for_bit(rows, channels):
+    """The route without U gives torch.linalg.svd's own values and vectors, signs included, for the
+    stage shapes of the CIFAR networks (tall ones go through QR, the others straight to the SVD)."""
+    x = torch.relu(torch.randn(8, rows, channels, generator=torch.Generator().manual_seed(rows + channels)))
+    x[:, :, : channels // 4] = 0  # dead channels: repeated zero singular values
+    s, vh = singular_values_and_right_vectors(x)
+    _, s_direct, vh_direct = torch.linalg.svd(x, full_matrices=False)
+    assert torch.equal(s, s_direct) and torch.equal(vh, vh_direct)
+
+
+def test_kdsvd_loss_and_gradients_are_unchanged_by_the_qr_route(monkeypatch):
+    maps_t = [torch.relu(rand(4, c, h, h, seed=c)).float() for c, h in ((16, 32), (32, 16), (64, 8))]
+
+    def loss_and_grads():
+        maps_s = [torch.relu(rand(4, c, h, h, seed=c + 1)).float().requires_grad_()
+                  for c, h in ((16, 32), (32, 16), (64, 8))]
+        loss = KDSVD(2)(maps_s, maps_t)
+        return (loss.detach(), *torch.autograd.grad(loss, maps_s))
+
+    through_qr = loss_and_grads()
+    # the package exports the class under the module's name: fetch the module itself
+    monkeypatch.setattr(importlib.import_module("kdzoo.distiller_zoo.KDSVD"), "_TALL", float("inf"))  # every matrix straight to torch.linalg.svd
+    direct = loss_and_grads()
+    assert through_qr[0] > 0
+    for ours, theirs in zip(through_qr, direct):
+        assert torch.equal(ours, theirs)
 
 
 def test_kdsvd_is_zero_when_the_student_equals_the_teacher():
